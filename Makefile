@@ -1,0 +1,36 @@
+# dmsim: `make demo` and `make test` work on a fresh machine (they create .venv).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_TRACE := traces/real/vm4g-modules-bpf-secretmem.trace.gz
+
+.PHONY: venv demo test test-fast bench lint clean record-real
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dmsim replay --verify $(DEMO_TRACE)
+	$(BIN)/dmsim replay --format meminfo $(DEMO_TRACE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check dmsim tests bench
+
+# Re-record the real traces under qemu (slow; not part of CI). See record/README.md.
+record-real:
+	bash record/harness.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

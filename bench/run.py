@@ -1,0 +1,95 @@
+"""`make bench`: CPA events/s of the numba core and end-to-end trace replay.
+
+Prints events/s and peak memory (ru_maxrss). Not a test: nothing asserts time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def gen_cpa_stream(n: int, machine, seed: int = 1):
+    """n CPA calls shaped like a busy system: mostly 1-page set_memory_ro/rw and
+    set_direct_map_invalid/default on random RAM pages, some multi-page ranges."""
+    from dmsim.core import constants as C
+    from dmsim.trace.events import CPAF_PRIMARY, EV_CPA, EventArrays
+
+    rng = np.random.default_rng(seed)
+    ram = machine.ram_ranges()
+    starts = np.array([(s + 4095) >> 12 for s, _ in ram])
+    ends = np.array([e >> 12 for _, e in ram])
+    sizes = ends - starts
+    which = rng.choice(len(ram), size=n, p=sizes / sizes.sum())
+    vpfn = starts[which] + (rng.random(n) * (sizes[which] - 16)).astype(np.int64)
+    numpages = np.where(rng.random(n) < 0.9, 1, rng.integers(2, 16, n)).astype(np.int64)
+    masks = np.array([C._PAGE_RW, C._PAGE_PRESENT | C._PAGE_RW], np.uint64)
+    m = masks[rng.integers(0, 2, n)]
+    setting = rng.random(n) < 0.5
+    ev = EventArrays(
+        kind=np.full(n, EV_CPA, np.uint8), arg0=vpfn, arg1=numpages,
+        mask_set=np.where(setting, m, np.uint64(0)).astype(np.uint64),
+        mask_clr=np.where(setting, np.uint64(0), m).astype(np.uint64),
+        flags=np.full(n, CPAF_PRIMARY, np.int32))
+    return ev
+
+
+def bench_core(n: int) -> None:
+    from dmsim.core.api import replay
+    from dmsim.core.layout import init_mem_mapping
+    from dmsim.machine import Machine
+
+    machine = Machine(e820=[(0x1000, 0x9FC00, 1), (0x100000, 0xC0000000, 1),
+                            (0x100000000, 0x440000000, 1)])  # a 16 GiB box
+    ev = gen_cpa_stream(n, machine)
+    warm = init_mem_mapping(machine)
+    replay(warm, tuple(c[:1000] for c in ev.columns()), 0)  # JIT (or load the cache)
+    st = init_mem_mapping(machine)
+    t0 = time.perf_counter()
+    replay(st, ev.columns(), 0)
+    dt = time.perf_counter() - t0
+    print(f"core: {n:,} CPA calls on a 16 GiB machine in {dt:.2f} s = {n / dt / 1e6:.2f} M events/s "
+          f"({int(st.counters[3]) + int(st.counters[4])} splits counted, "
+          f"{int(st.nr_tables[0])} pte tables)")
+
+
+def bench_trace(path: str, repeat: int) -> None:
+    from dmsim.load import load_trace
+    from dmsim.simulate import simulate
+
+    simulate(load_trace(path))  # warm
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        t = load_trace(path)
+    t1 = time.perf_counter()
+    for _ in range(repeat):
+        simulate(t)
+    t2 = time.perf_counter()
+    n = len(t.events) * repeat
+    print(f"trace: {path}: {len(t.events):,} events; read+parse {n / (t1 - t0) / 1e6:.2f} M events/s, "
+          f"replay {n / (t2 - t1) / 1e6:.2f} M events/s, end-to-end {n / (t2 - t0) / 1e6:.2f} M events/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--trace", action="append",
+                    default=None, help="real trace(s) for the end-to-end figure")
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    bench_core(a.events)
+    for p in a.trace or ["traces/real/vm2g-modules-bpf-secretmem.trace.gz",
+                         "traces/real/vm4g-modules-bpf-secretmem.trace.gz"]:
+        bench_trace(p, a.repeat)
+    print(f"peak memory (ru_maxrss): {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

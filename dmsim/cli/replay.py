@@ -1,0 +1,95 @@
+"""`dmsim replay`: replay a trace, print counters, optionally verify checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import (
+    EXIT_FAIL,
+    handle_errors,
+    lenient_option,
+    machine_option,
+    stderr_console,
+    stdout_console,
+    trace_argument,
+)
+
+FORMATS = ("vmstat", "meminfo", "json")
+
+
+@click.command()
+@trace_argument
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="vmstat", show_default=True,
+              help="vmstat: /proc/vmstat lines; meminfo: /proc/meminfo DirectMap lines; json.")
+@click.option("--verify", is_flag=True,
+              help="Compare with every kernel checkpoint in the trace; exit 1 on any mismatch.")
+@lenient_option
+@machine_option
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@handle_errors
+def replay(trace, fmt, verify, lenient, machine_path, progress):
+    """Replay TRACE (ftrace text or native; .gz/.zst/.xz; `-` for stdin)."""
+    from ..load import load_trace
+    from ..report.proc import meminfo_text, vmstat_text
+    from ..report.result import build_result
+    from ..simulate import simulate
+
+    machine = None
+    if machine_path:
+        from ..machine_config import load_machine
+
+        machine = load_machine(machine_path)
+    err = stderr_console()
+    t = load_trace(trace, lenient=lenient, machine=machine)
+    show = err.is_terminal if progress is None else progress
+    if show:
+        from rich.progress import Progress
+
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("replaying", total=max(len(t.events), 1))
+            r = simulate(t, lambda done, total: bar.update(task, completed=done))
+    else:
+        r = simulate(t)
+    res = build_result(r)
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+
+    out = sys.stdout
+    if fmt == "json":
+        out.write(json.dumps(res.to_json(), indent=2, sort_keys=False) + "\n")
+    elif verify:
+        _print_verify(res)
+    elif fmt == "meminfo":
+        out.write(meminfo_text(r.counters, res.gbpages))
+    else:
+        out.write(vmstat_text(r.counters))
+    if verify:
+        if not res.checks:
+            err.print("warning: the trace has no kernel checkpoints to verify against")
+        bad = res.mismatches
+        if bad:
+            first = bad[0]
+            err.print(f"verify: {len(bad)} of {len(res.checks)} checkpoints differ; first at "
+                      f"line {first.line} ({first.step}, {first.counter}: kernel {first.kernel}, "
+                      f"simulated {first.simulated})")
+            sys.exit(EXIT_FAIL)
+        err.print(f"verify: all {len(res.checks)} checkpoints match")
+
+
+def _print_verify(res) -> None:
+    from rich.table import Table
+
+    table = Table(title="checkpoints: kernel vs dmsim", title_justify="left")
+    for col, just in (("step", "left"), ("counter", "left"), ("kernel", "right"),
+                      ("simulated", "right"), ("delta", "right"), ("", "left")):
+        table.add_column(col, justify=just)
+    for c in res.checks:
+        delta = c.simulated - c.kernel
+        table.add_row(c.step, c.counter, str(c.kernel), str(c.simulated),
+                      f"{delta:+d}" if delta else "0",
+                      "ok" if c.match else "[red]MISMATCH[/red]")
+    stdout_console().print(table)

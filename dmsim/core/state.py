@@ -1,0 +1,88 @@
+"""The simulated page tables as plain arrays (what the numba kernels take).
+
+One virtual-pfn space holds both mappings whose splits the kernel counts:
+the direct map (vpfn == pfn, from PAGE_OFFSET) and, one GiB slot above its
+end, the kernel image's high mapping (from __START_KERNEL_map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .constants import NR_COUNTERS
+
+# pud_state / pmd_state values
+ENTRY_NONE = 0  # pud_none() / pmd_none()
+ENTRY_LEAF = 1  # pud_leaf() / pmd_leaf(): a 1G or 2M mapping
+ENTRY_TABLE = 2  # points to the next level
+
+# Indexes into DirectMapState.params
+P_HIGHMAP_VPFN = 0  # first vpfn of the high map slot
+P_HIGHMAP_PFN = 1  # pfn that the high map's first vpfn maps (phys_base >> PAGE_SHIFT)
+P_TEXT_START = 2  # vpfn of _text
+P_TEXT_LAST = 3  # vpfn of the page holding _etext - 1 (protect_kernel_text)
+P_TEXT_RO_LAST = 4  # vpfn of __end_rodata_hpage_align - 1 (protect_kernel_text_ro)
+P_RODATA_SPFN = 5  # protect_rodata(): PFN_DOWN(__pa_symbol(__start_rodata))
+P_RODATA_EPFN = 6  # PFN_DOWN(__pa_symbol(__end_rodata)) - 1
+P_MAX_PFN_MAPPED = 7  # max_pfn_mapped: faults below it are direct-map holes
+P_HAVE_KERNEL = 8  # 1 when the kernel image's bounds are known
+NR_PARAMS = 16
+
+
+@dataclass
+class DirectMapState:
+    """Page-table state; every field is an array so numba can take it as is."""
+
+    pud_state: np.ndarray  # int8[nr_puds]
+    pud_prot: np.ndarray  # uint64[nr_puds]: pud value flags when a leaf
+    pmd_state: np.ndarray  # int8[nr_puds * 512]
+    pmd_prot: np.ndarray  # uint64[nr_puds * 512]
+    pmd_table: np.ndarray  # int32[nr_puds * 512]: row of pte[] when a table
+    pte: np.ndarray  # uint64[capacity, 512]: 0 is pte_none()
+    nr_tables: np.ndarray  # int64[1]: rows of pte[] in use
+    counters: np.ndarray  # int64[NR_COUNTERS]
+    params: np.ndarray  # int64[NR_PARAMS]
+    pfn_mapped: np.ndarray  # int64[n, 2]: pfn_mapped[] ranges (arch/x86/mm/init.c)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, nr_puds: int, capacity: int = 64) -> DirectMapState:
+        n_pmd = nr_puds * 512
+        return cls(
+            pud_state=np.zeros(nr_puds, np.int8),
+            pud_prot=np.zeros(nr_puds, np.uint64),
+            pmd_state=np.zeros(n_pmd, np.int8),
+            pmd_prot=np.zeros(n_pmd, np.uint64),
+            pmd_table=np.full(n_pmd, -1, np.int32),
+            pte=np.zeros((capacity, 512), np.uint64),
+            nr_tables=np.zeros(1, np.int64),
+            counters=np.zeros(NR_COUNTERS, np.int64),
+            params=np.zeros(NR_PARAMS, np.int64),
+            pfn_mapped=np.zeros((0, 2), np.int64),
+        )
+
+    def alloc_table(self) -> int:
+        """Hand out a zeroed pte[] row, growing the pool when full."""
+        self.ensure_tables(1)
+        row = int(self.nr_tables[0])
+        self.nr_tables[0] += 1
+        return row
+
+    def ensure_tables(self, extra: int) -> None:
+        need = int(self.nr_tables[0]) + extra
+        if need <= self.pte.shape[0]:
+            return
+        cap = max(need, 2 * self.pte.shape[0])
+        grown = np.zeros((cap, 512), np.uint64)
+        grown[: self.pte.shape[0]] = self.pte
+        self.pte = grown
+
+    def copy(self) -> DirectMapState:
+        return DirectMapState(
+            *(getattr(self, f).copy() for f in (
+                "pud_state", "pud_prot", "pmd_state", "pmd_prot", "pmd_table", "pte",
+                "nr_tables", "counters", "params", "pfn_mapped")),
+            notes=list(self.notes),
+        )

@@ -1,0 +1,21 @@
+"""Exact /proc text for the simulated counters."""
+
+from __future__ import annotations
+
+from ..simulate import counter_value
+
+
+def vmstat_text(counters) -> str:
+    """The direct_map_* lines of /proc/vmstat (mm/vmstat.c: "%s %lu\\n")."""
+    return "".join(f"{name} {counter_value(counters, name)}\n"
+                   for name in ("direct_map_level2_splits", "direct_map_level3_splits"))
+
+
+def meminfo_text(counters, gbpages: bool) -> str:
+    """arch_report_meminfo() (arch/x86/mm/pat/set_memory.c): DirectMap1G only
+    when direct_gbpages is set."""
+    out = f"DirectMap4k:    {counter_value(counters, 'DirectMap4k'):8d} kB\n"
+    out += f"DirectMap2M:    {counter_value(counters, 'DirectMap2M'):8d} kB\n"
+    if gbpages:
+        out += f"DirectMap1G:    {counter_value(counters, 'DirectMap1G'):8d} kB\n"
+    return out

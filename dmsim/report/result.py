@@ -1,0 +1,80 @@
+"""The result of a replay as plain data: what every output format renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import __version__
+from ..core import constants as C
+from ..simulate import Replayed, counter_value
+
+COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
+            "DirectMap4k", "DirectMap2M", "DirectMap1G")
+
+
+@dataclass
+class CheckRow:
+    step: str
+    counter: str
+    kernel: int
+    simulated: int
+    line: int
+
+    @property
+    def match(self) -> bool:
+        return self.kernel == self.simulated
+
+
+@dataclass
+class Result:
+    counters: dict[str, int]
+    boot: dict[str, int]
+    stats: dict[str, int]
+    checks: list[CheckRow]
+    meta: dict
+    gbpages: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> list[CheckRow]:
+        return [c for c in self.checks if not c.match]
+
+    def to_json(self) -> dict:
+        m = self.meta
+        return {
+            "dmsim_version": __version__,
+            "input": {"path": m.get("path"), "sha256": m.get("sha256"), "format": m.get("format"),
+                      "events": m.get("events"), "skipped_lines": m.get("skipped_lines", 0)},
+            "counters": self.counters,
+            "boot": self.boot,
+            "stats": self.stats,
+            "checkpoints": [{"step": c.step, "counter": c.counter, "kernel": c.kernel,
+                             "simulated": c.simulated, "match": c.match} for c in self.checks],
+            "verify": {"checked": len(self.checks), "mismatches": len(self.mismatches)},
+            "warnings": self.warnings,
+        }
+
+
+def build_result(r: Replayed) -> Result:
+    t = r.trace
+    checks = [CheckRow(cp.step, cp.counter, cp.value,
+                       counter_value(r.snapshots[cp.index], cp.counter), cp.line)
+              for cp in t.checkpoints]
+    c = r.counters
+    stats = {"cpa_calls": int(c[C.NR_CPA_CALLS]), "cpa_faults": int(c[C.NR_CPA_FAULTS]),
+             "cpa_efault": int(c[C.NR_CPA_EFAULT]), "pte_tables": int(c[C.NR_PTE_TABLES]),
+             "cpa_vmalloc_skipped": int(t.meta.get("cpa_vmalloc", 0))}
+    warnings = []
+    if t.meta.get("overflow"):
+        a, b = t.meta["entries"]
+        warnings.append(f"the ftrace ring buffer overflowed ({a} of {b} entries kept): "
+                        "the oldest events are lost and the replay cannot be exact")
+    if t.meta.get("skipped_lines"):
+        warnings.append(f"{t.meta['skipped_lines']} bad lines skipped (--lenient); "
+                        f"first: {t.meta.get('first_skipped')}")
+    meta = dict(t.meta)
+    meta["events"] = len(t.events)
+    return Result(
+        counters={n: counter_value(c, n) for n in COUNTERS},
+        boot={n: counter_value(r.boot, n) for n in COUNTERS},
+        stats=stats, checks=checks, meta=meta, gbpages=t.machine.gbpages, warnings=warnings)

@@ -1,0 +1,101 @@
+"""The event array: the one format every reader produces and the core consumes.
+
+Columns (numpy, one row per event):
+  kind      uint8   EV_*
+  arg0      int64   CPA: first vpfn; ALLOC/FREE: pfn; CHECKPOINT: snapshot index
+  arg1      int64   CPA: numpages; ALLOC/FREE: order
+  mask_set  uint64  CPA: cpa->mask_set
+  mask_clr  uint64  CPA: cpa->mask_clr
+  flags     int32   CPA: CPAF_*; ALLOC: migratetype
+The vpfn of a direct-map address is its pfn; the kernel image's high mapping
+sits one GiB slot above the direct map (see core/state.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EV_CPA = 1  # __change_page_attr_set_clr() entry
+EV_SYSTEM_RUNNING = 2  # system_state = SYSTEM_RUNNING
+EV_KERNEL_RO = 3  # mark_rodata_ro() sets kernel_set_to_readonly
+EV_CHECKPOINT = 4  # snapshot the counters (a kernel checkpoint follows it)
+EV_ALLOC = 5  # kmem:mm_page_alloc
+EV_FREE = 6  # kmem:mm_page_free / mm_page_free_batched
+
+CPAF_PRIMARY = 1  # the call's `primary` (checkalias) argument
+CPAF_FORCE_SPLIT = 2  # cpa->force_split (set_memory_4k)
+
+SPACE_DIRECT = "direct"
+SPACE_HIGHMAP = "highmap"
+
+COLUMNS = (("kind", np.uint8), ("arg0", np.int64), ("arg1", np.int64),
+           ("mask_set", np.uint64), ("mask_clr", np.uint64), ("flags", np.int32))
+
+
+@dataclass
+class EventArrays:
+    kind: np.ndarray
+    arg0: np.ndarray
+    arg1: np.ndarray
+    mask_set: np.ndarray
+    mask_clr: np.ndarray
+    flags: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    @classmethod
+    def empty(cls, n: int = 0) -> EventArrays:
+        return cls(*(np.zeros(n, dt) for _, dt in COLUMNS))
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, name) for name, _ in COLUMNS)
+
+
+class EventBuilder:
+    """Append events row by row; growth is amortised (readers call this per line)."""
+
+    def __init__(self, capacity: int = 1024):
+        self._cols = [np.zeros(capacity, dt) for _, dt in COLUMNS]
+        self.n = 0
+
+    def append(self, kind: int, arg0: int = 0, arg1: int = 0, mask_set: int = 0,
+               mask_clr: int = 0, flags: int = 0) -> int:
+        if self.n == self._cols[0].shape[0]:
+            self._cols = [np.concatenate([c, np.zeros_like(c)]) for c in self._cols]
+        n = self.n
+        c = self._cols
+        c[0][n] = kind
+        c[1][n] = arg0
+        c[2][n] = arg1
+        c[3][n] = mask_set
+        c[4][n] = mask_clr
+        c[5][n] = flags
+        self.n += 1
+        return n
+
+    def finish(self) -> EventArrays:
+        return EventArrays(*(c[: self.n].copy() for c in self._cols))
+
+
+@dataclass
+class Checkpoint:
+    """A counter value the kernel reported at a point in the trace."""
+
+    index: int  # snapshot index (EV_CHECKPOINT arg0)
+    step: str
+    counter: str  # direct_map_level2_splits, DirectMap4k, ...
+    value: int  # vmstat: events; meminfo: kB
+    line: int
+
+
+@dataclass
+class Trace:
+    """A parsed trace: the machine, the events, the kernel's checkpoints."""
+
+    machine: object  # dmsim.machine.Machine
+    events: EventArrays
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
