@@ -41,7 +41,7 @@ def convert(trace, output, force, lenient, machine_path):
         return
     if os.path.exists(output) and not force:
         die(f"{output}: exists; not overwriting it (use --force)", EXIT_BAD_INPUT)
-    if trace != "-" and os.path.exists(trace) and os.path.samefile(trace, output):
+    if trace != "-" and os.path.exists(output) and os.path.samefile(trace, output):
         die(f"{output}: is the input trace; not overwriting it", EXIT_BAD_INPUT)
     tmp = output + ".tmp"
     with open(tmp, "w") as f:

@@ -9,6 +9,7 @@ the prefix differs between kernel versions and tools.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from ..core.constants import (
     _PAGE_RW,
@@ -164,6 +165,10 @@ def parse_ftrace(text: str, path: str, lenient: bool = False, machine: Machine |
         if not e820:
             raise TraceError(path, 0, "no e820 lines in the trace: give the machine with --machine")
         machine = _machine_from_trace(path, e820, kallsyms, stream, meminfo_seen)
+    elif machine.kernel is None:
+        # a machine config gives the RAM; where KASLR put the kernel is in the trace
+        found = _machine_from_trace(path, machine.e820, kallsyms, stream, meminfo_seen)
+        machine = replace(machine, kernel=found.kernel, reserved=machine.reserved or found.reserved)
     trace = _translate(path, machine, stream, checkpoints, errs)
     trace.meta.update({
         "format": "ftrace",
@@ -234,7 +239,9 @@ def _translate(path, machine: Machine, stream, checkpoints, errs: LineErrors) ->
     for item in stream:
         kind = item[0]
         if kind != "cpa":
-            if ro_pending:
+            # page allocations (the split's own page-table page) happen inside
+            # set_memory_ro(); only a marker ends it
+            if ro_pending and kind not in (EV_ALLOC, EV_FREE):
                 b.append(EV_KERNEL_RO)
                 ro_pending = False
             b.append(kind, *item[1:3], flags=item[3] if len(item) > 3 else 0)

@@ -1,0 +1,479 @@
+"""dmsim's native text trace format, version 1 (docs/trace-format.md).
+
+    dmsim-trace 1
+    e820 0x0 0x1000 reserved
+    ...
+    cpa direct 0x3f2a1 1 set=0x0 clr=0x2 primary
+    alloc 0x3f2a0 0 mt=0
+    step mod:xfs
+    check direct_map_level2_splits 3
+
+One line per event, `#` comment lines, a header (the machine) before the first
+event. The reader checks every field and every address against the machine; the
+writer turns any Trace (an ftrace trace's too) into text the reader gives back
+unchanged: same event columns, checkpoints and machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from bisect import bisect_right
+from typing import TextIO
+
+from ..core.constants import KERNEL_IMAGE_SIZE, PAGE_SHIFT, PUD_PAGES
+from ..machine import E820_TYPES, KernelImage, Machine, MachineError
+from .errors import LineErrors, TraceError
+from .events import (
+    CPAF_FORCE_SPLIT,
+    CPAF_PRIMARY,
+    EV_ALLOC,
+    EV_CHECKPOINT,
+    EV_CPA,
+    EV_FREE,
+    EV_KERNEL_RO,
+    EV_SYSTEM_RUNNING,
+    SPACE_DIRECT,
+    SPACE_HIGHMAP,
+    Checkpoint,
+    EventBuilder,
+    Trace,
+)
+
+MAGIC = "dmsim-trace"
+VERSION = 1
+COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
+            "DirectMap4k", "DirectMap2M", "DirectMap1G")
+HEADER_WORDS = ("machine", "e820", "gbpages", "kernel", "reserve", "overflow")
+EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check")
+KERNEL_KEYS = ("text", "etext", "start_rodata", "end_rodata", "end_rodata_hpage_align",
+               "end", "phys_base")
+MAX_ORDER = 10  # highest buddy order in 6.1 (MAX_ORDER - 1: a block of 1024 pages)
+MIGRATE_TYPES = 6  # enum migratetype in 6.1: UNMOVABLE .. HIGHATOMIC, CMA, ISOLATE
+HIGHMAP_PAGES = KERNEL_IMAGE_SIZE >> PAGE_SHIFT  # the 1 GiB from __START_KERNEL_map
+U64 = 1 << 64
+
+HEX_RE = re.compile(r"0[xX][0-9a-fA-F]+")
+DEC_RE = re.compile(r"[0-9]+")
+
+E820_NAMES: dict[int, str] = {}
+for _name, _value in E820_TYPES.items():
+    E820_NAMES.setdefault(_value, _name)  # 1 -> usable (not ram), 2 -> reserved, ...
+
+
+class _Bad(Exception):
+    """A bad line: the message; the caller adds file, line and text."""
+
+
+def looks_like_native(head: str) -> bool:
+    """Auto-detection: the first line is `dmsim-trace <version>`."""
+    first = head.lstrip("\ufeff").split("\n", 1)[0].split()
+    return bool(first) and first[0] == MAGIC
+
+
+def highmap_vpfn(machine: Machine) -> int:
+    """The first vpfn of the kernel image's high map: one GiB slot above the direct map."""
+    return max(1, -(-machine.max_pfn() // PUD_PAGES)) * PUD_PAGES
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _hex(tok: str, what: str) -> int:
+    if HEX_RE.fullmatch(tok) is None:
+        raise _Bad(f"{what}: expected a hex number like 0x1f, got {tok!r}")
+    return int(tok, 16)
+
+
+def _dec(tok: str, what: str) -> int:
+    if DEC_RE.fullmatch(tok) is None:
+        raise _Bad(f"{what}: expected a decimal number, got {tok!r}")
+    return int(tok)
+
+
+def _u64(tok: str, what: str) -> int:
+    v = _hex(tok, what)
+    if v >= U64:
+        raise _Bad(f"{what}: {tok} does not fit in 64 bits")
+    return v
+
+
+def _nargs(tokens: list[str], n: int, usage: str) -> None:
+    if len(tokens) != n:
+        raise _Bad(f"expected `{usage}`")
+
+
+def _e820_type(tok: str) -> int:
+    if tok in E820_TYPES:
+        return E820_TYPES[tok]
+    if DEC_RE.fullmatch(tok) and 0 < int(tok) < 1 << 32:
+        return int(tok)
+    names = ", ".join(sorted(E820_TYPES))
+    raise _Bad(f"unknown e820 type {tok!r} (one of {names}, or a decimal number)")
+
+
+class _Header:
+    """The machine lines seen so far, and the machine once the first event comes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.e820: list[tuple[int, int, int]] = []
+        self.gbpages: bool | None = None
+        self.kernel: KernelImage | None = None
+        self.reserved: list[tuple[int, int]] = []
+        self.machine_line: tuple[int, str, str] | None = None  # (line, path, text)
+        self.inline_line = 0  # first inline machine line
+        self.overflow: tuple[int, int] | None = None
+
+    def line(self, lineno: int, tokens: list[str], text: str) -> None:
+        word = tokens[0]
+        if word == "overflow":
+            _nargs(tokens, 3, "overflow <entries kept> <entries written>")
+            kept, written = _dec(tokens[1], "entries kept"), _dec(tokens[2], "entries written")
+            if self.overflow is not None:
+                raise _Bad("a second overflow line")
+            if kept > written:
+                raise _Bad("more entries kept than written")
+            self.overflow = (kept, written)
+            return
+        if word == "machine":
+            if self.machine_line is not None:
+                raise _Bad(f"a second `machine` line (the first is line {self.machine_line[0]})")
+            if self.inline_line:
+                raise _Bad(f"`machine` and inline machine lines (line {self.inline_line}) "
+                           "exclude each other")
+            rel = text.strip()[len("machine"):].strip()
+            if not rel:
+                raise _Bad("expected `machine <path to a machine YAML>`")
+            self.machine_line = (lineno, rel, text)
+            return
+        if self.machine_line is not None:
+            raise _Bad(f"inline machine lines and `machine` (line {self.machine_line[0]}) "
+                       "exclude each other")
+        self.inline_line = self.inline_line or lineno
+        if word == "e820":
+            _nargs(tokens, 4, "e820 <start hex> <end hex> <type>")
+            s, e = _u64(tokens[1], "start"), _u64(tokens[2], "end")
+            if e <= s:
+                raise _Bad(f"end {e:#x} is not above start {s:#x} (end is exclusive)")
+            t = _e820_type(tokens[3])
+            for s0, e0, _ in self.e820:
+                if s < e0 and s0 < e:
+                    raise _Bad(f"overlaps the e820 range [{s0:#x}, {e0:#x})")
+            self.e820.append((s, e, t))
+        elif word == "gbpages":
+            _nargs(tokens, 2, "gbpages on|off")
+            if self.gbpages is not None:
+                raise _Bad("a second gbpages line")
+            if tokens[1] not in ("on", "off"):
+                raise _Bad(f"gbpages: expected on or off, got {tokens[1]!r}")
+            self.gbpages = tokens[1] == "on"
+        elif word == "kernel":
+            if self.kernel is not None:
+                raise _Bad("a second kernel line")
+            self.kernel = _kernel(tokens[1:])
+        elif word == "reserve":
+            _nargs(tokens, 3, "reserve <start hex> <end hex>")
+            s, e = _u64(tokens[1], "start"), _u64(tokens[2], "end")
+            if e <= s:
+                raise _Bad(f"end {e:#x} is not above start {s:#x} (end is exclusive)")
+            self.reserved.append((s, e))
+
+    def finish(self, lineno: int, machine: Machine | None) -> tuple[Machine, str]:
+        """The machine the events run on, and where it came from."""
+        if machine is not None:
+            return machine, "given"  # --machine overrides the header
+        if self.machine_line is not None:
+            from ..machine_config import load_machine
+
+            mline, rel, text = self.machine_line
+            base = os.path.dirname(self.path) if self.path != "-" else ""
+            yaml_path = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(base, rel))
+            try:
+                return load_machine(yaml_path), yaml_path
+            except MachineError as e:
+                raise TraceError(self.path, mline, f"cannot load the machine: {e}", text) from None
+        if not self.e820:
+            raise TraceError(self.path, lineno, "no machine in the header: give `machine <yaml>` "
+                             "or `e820` lines before the first event (or --machine)")
+        m = Machine(e820=list(self.e820), gbpages=True if self.gbpages is None else self.gbpages,
+                    kernel=self.kernel, reserved=list(self.reserved), name=self.path)
+        try:
+            m.validate()
+        except MachineError as e:
+            raise TraceError(self.path, self.inline_line, f"bad machine: {e}") from None
+        return m, "inline"
+
+
+def _kernel(fields: list[str]) -> KernelImage:
+    from ..machine_config import kernel_problem
+
+    usage = "kernel " + " ".join(f"{k}=0x.." for k in KERNEL_KEYS)
+    kv: dict[str, int] = {}
+    for f in fields:
+        key, eq, val = f.partition("=")
+        if not eq or key not in KERNEL_KEYS:
+            raise _Bad(f"kernel: unknown field {f!r}; expected `{usage}`")
+        if key in kv:
+            raise _Bad(f"kernel: {key} given twice")
+        kv[key] = _u64(val, key)
+    missing = [k for k in KERNEL_KEYS if k not in kv]
+    if missing:
+        raise _Bad(f"kernel: {missing[0]}= missing; expected `{usage}`")
+    img = KernelImage(**kv)
+    problem = kernel_problem(img)
+    if problem:
+        raise _Bad(f"kernel: {problem}")
+    return img
+
+
+class _Events:
+    """Event lines -> rows, with every address checked against the machine."""
+
+    def __init__(self, machine: Machine):
+        self.b = EventBuilder(4096)
+        self.checkpoints: list[Checkpoint] = []
+        self.step = "boot"
+        self.max_pfn = machine.max_pfn()
+        self.highmap_vpfn = highmap_vpfn(machine)
+        ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
+        self.ram_start = [s for s, _ in ranges]
+        self.ram_end = [e for _, e in ranges]
+        self.n_alloc = self.n_free = 0
+
+    def line(self, lineno: int, tokens: list[str], text: str) -> None:
+        word = tokens[0]
+        if word == "cpa":
+            self.cpa(tokens)
+        elif word in ("alloc", "free"):
+            self.page(tokens)
+        elif word == "check":
+            _nargs(tokens, 3, "check <counter> <value>")
+            if tokens[1] not in COUNTERS:
+                raise _Bad(f"unknown counter {tokens[1]!r} (one of {', '.join(COUNTERS)})")
+            value = _dec(tokens[2], tokens[1])
+            cp = Checkpoint(len(self.checkpoints), self.step, tokens[1], value, lineno)
+            self.checkpoints.append(cp)
+            self.b.append(EV_CHECKPOINT, cp.index)
+        elif word == "step":
+            self.step = text.strip()[len("step"):].strip()
+        elif word == "system_running":
+            _nargs(tokens, 1, "system_running")
+            self.b.append(EV_SYSTEM_RUNNING)
+        elif word == "kernel_ro":
+            _nargs(tokens, 1, "kernel_ro")
+            self.b.append(EV_KERNEL_RO)
+        elif word in HEADER_WORDS:
+            raise _Bad(f"`{word}` is a header line: the header must come before the first event")
+        else:
+            raise _Bad(f"unknown keyword {word!r}")
+
+    def cpa(self, tokens: list[str]) -> None:
+        usage = "cpa direct|highmap <first page hex> <numpages> set=0x.. clr=0x.. [primary] [force_split]"
+        if len(tokens) < 6:
+            raise _Bad(f"expected `{usage}`")
+        space = tokens[1]
+        first = _hex(tokens[2], "first page")
+        numpages = _dec(tokens[3], "numpages")
+        mask_set = mask_clr = None
+        flags = 0
+        for tok in tokens[4:]:
+            if tok.startswith("set="):
+                if mask_set is not None:
+                    raise _Bad("set= given twice")
+                mask_set = _u64(tok[4:], "set")
+            elif tok.startswith("clr="):
+                if mask_clr is not None:
+                    raise _Bad("clr= given twice")
+                mask_clr = _u64(tok[4:], "clr")
+            elif tok == "primary" and not flags & CPAF_PRIMARY:
+                flags |= CPAF_PRIMARY
+            elif tok == "force_split" and not flags & CPAF_FORCE_SPLIT:
+                flags |= CPAF_FORCE_SPLIT
+            else:
+                raise _Bad(f"unexpected field {tok!r}; expected `{usage}`")
+        if mask_set is None or mask_clr is None:
+            raise _Bad(f"set= and clr= are required; expected `{usage}`")
+        end = first + numpages
+        if space == SPACE_DIRECT:
+            if first >= self.max_pfn or end > self.max_pfn:
+                raise _Bad(f"pages [{first:#x}, {end:#x}) run past the end of RAM "
+                           f"(max_pfn {self.max_pfn:#x})")
+            vpfn = first
+        elif space == SPACE_HIGHMAP:
+            if first >= HIGHMAP_PAGES or end > HIGHMAP_PAGES:
+                raise _Bad(f"pages [{first:#x}, {end:#x}) run past the 1 GiB kernel image "
+                           f"mapping (offsets below {HIGHMAP_PAGES:#x})")
+            vpfn = self.highmap_vpfn + first
+        else:
+            raise _Bad(f"cpa space must be direct or highmap, got {space!r}")
+        self.b.append(EV_CPA, vpfn, numpages, mask_set, mask_clr, flags)
+
+    def page(self, tokens: list[str]) -> None:
+        word = tokens[0]
+        if word == "alloc":
+            if len(tokens) not in (3, 4):
+                raise _Bad("expected `alloc <pfn hex> <order> [mt=<migratetype>]`")
+        else:
+            _nargs(tokens, 3, "free <pfn hex> <order>")
+        pfn = _hex(tokens[1], "pfn")
+        order = _dec(tokens[2], "order")
+        if order > MAX_ORDER:
+            raise _Bad(f"order {order} is above {MAX_ORDER}")
+        if pfn & ((1 << order) - 1):
+            raise _Bad(f"pfn {pfn:#x} is not aligned to its order-{order} block")
+        end = pfn + (1 << order)
+        i = bisect_right(self.ram_start, pfn) - 1
+        if i < 0 or end > self.ram_end[i]:
+            where = "past the end of RAM" if pfn >= self.max_pfn else "outside RAM (an e820 hole)"
+            raise _Bad(f"pages [{pfn:#x}, {end:#x}) are {where} (max_pfn {self.max_pfn:#x})")
+        mt = 0
+        if len(tokens) == 4:
+            if not tokens[3].startswith("mt="):
+                raise _Bad(f"unexpected field {tokens[3]!r}; expected mt=<migratetype>")
+            mt = _dec(tokens[3][3:], "mt")
+            if mt >= MIGRATE_TYPES:
+                raise _Bad(f"migratetype {mt} is not 0..{MIGRATE_TYPES - 1}")
+        if word == "alloc":
+            self.b.append(EV_ALLOC, pfn, order, flags=mt)
+            self.n_alloc += 1
+        else:
+            self.b.append(EV_FREE, pfn, order)
+            self.n_free += 1
+
+
+def parse_native(text: str, path: str, lenient: bool = False, machine: Machine | None = None) -> Trace:
+    """Parse a native trace. `machine` (--machine) replaces the header's machine.
+
+    Strict mode raises TraceError (file:line: message: text) on the first bad
+    line; lenient mode skips and counts bad lines (meta skipped_lines). A missing
+    or bad version line and a machine that cannot be built are always fatal.
+    """
+    errs = LineErrors(path, lenient)
+    lines = text.split("\n")
+    first = lines[0].lstrip("\ufeff").split() if lines else []
+    if not first or first[0] != MAGIC:
+        raise TraceError(path, 1, f"not a native trace: the first line must be `{MAGIC} {VERSION}`",
+                         lines[0] if lines else "")
+    if len(first) != 2 or DEC_RE.fullmatch(first[1]) is None:
+        raise TraceError(path, 1, f"expected `{MAGIC} {VERSION}`", lines[0])
+    if int(first[1]) != VERSION:
+        raise TraceError(path, 1, f"native trace version {first[1]}: this dmsim reads version "
+                         f"{VERSION}", lines[0])
+
+    header = _Header(path)
+    events: _Events | None = None
+    source = ""
+    for lineno, line in enumerate(lines[1:], 2):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        try:
+            if events is None:
+                if tokens[0] in HEADER_WORDS:
+                    header.line(lineno, tokens, line)
+                    continue
+                if tokens[0] not in EVENT_WORDS:
+                    raise _Bad(f"unknown keyword {tokens[0]!r}")
+                m, source = header.finish(lineno, machine)
+                events = _Events(m)
+            events.line(lineno, tokens, line)
+        except _Bad as e:
+            errs.bad(lineno, str(e), line)
+    if events is None:
+        m, source = header.finish(0, machine)  # no event line to blame
+        events = _Events(m)
+
+    trace = Trace(machine=m, events=events.b.finish(), checkpoints=events.checkpoints)
+    trace.meta.update({
+        "format": "native",
+        "native_version": VERSION,
+        "machine_source": source,
+        "page_allocs": events.n_alloc,
+        "page_frees": events.n_free,
+        "skipped_lines": errs.skipped,
+        "first_skipped": str(errs.first) if errs.first else None,
+    })
+    if header.overflow is not None:
+        trace.meta["entries"] = header.overflow
+        trace.meta["overflow"] = header.overflow[0] < header.overflow[1]
+    return trace
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_native(trace: Trace, out: TextIO) -> None:
+    """Write `trace` so that parse_native() gives back the same events, checkpoints, machine.
+
+    Raises ValueError for a Trace the format cannot hold (unknown event kinds or
+    CPA flags, a counter the reader does not know, a checkpoint no event refers to).
+    """
+    m: Machine = trace.machine
+    meta = trace.meta
+    buf = [f"{MAGIC} {VERSION}\n"]
+    if meta.get("path"):
+        buf.append(f"# converted from {meta['path']} ({meta.get('format', 'unknown format')})\n")
+    if meta.get("sha256"):
+        buf.append(f"# source sha256 {meta['sha256']}\n")
+    if meta.get("cpa_vmalloc"):
+        buf.append(f"# {meta['cpa_vmalloc']} CPA calls on vmalloc addresses dropped "
+                   "(only their direct-map alias calls matter)\n")
+    if m.name:
+        buf.append(f"# machine {m.name}\n")
+    for s, e, t in m.e820:
+        buf.append(f"e820 {s:#x} {e:#x} {E820_NAMES.get(t, str(t))}\n")
+    buf.append(f"gbpages {'on' if m.gbpages else 'off'}\n")
+    k = m.kernel
+    if k is not None:
+        buf.append(" ".join(["kernel"] + [f"{f}={getattr(k, f):#x}" for f in KERNEL_KEYS]) + "\n")
+    for s, e in m.reserved:
+        buf.append(f"reserve {s:#x} {e:#x}\n")
+    if meta.get("overflow") and meta.get("entries"):
+        kept, written = meta["entries"]
+        buf.append(f"overflow {kept} {written}\n")
+
+    by_index = {cp.index: cp for cp in trace.checkpoints}
+    used: set[int] = set()
+    step = "boot"
+    hm = highmap_vpfn(m)
+    ev = trace.events
+    for kind, a0, a1, ms, mc, fl in zip(*(c.tolist() for c in ev.columns()), strict=True):
+        if kind == EV_CPA:
+            if fl & ~(CPAF_PRIMARY | CPAF_FORCE_SPLIT):
+                raise ValueError(f"CPA event with unknown flags {fl:#x}")
+            space, first = (SPACE_HIGHMAP, a0 - hm) if a0 >= hm else (SPACE_DIRECT, a0)
+            extra = (" primary" if fl & CPAF_PRIMARY else "") + \
+                (" force_split" if fl & CPAF_FORCE_SPLIT else "")
+            buf.append(f"cpa {space} {first:#x} {a1} set={ms:#x} clr={mc:#x}{extra}\n")
+        elif kind == EV_ALLOC:
+            buf.append(f"alloc {a0:#x} {a1} mt={fl}\n")
+        elif kind == EV_FREE:
+            buf.append(f"free {a0:#x} {a1}\n")
+        elif kind == EV_CHECKPOINT:
+            cp = by_index.get(a0)
+            if cp is None or a0 in used:
+                raise ValueError(f"EV_CHECKPOINT refers to checkpoint {a0}: "
+                                 + ("used twice" if cp else "no such checkpoint"))
+            used.add(a0)
+            if cp.counter not in COUNTERS:
+                raise ValueError(f"checkpoint counter {cp.counter!r} is not one of {COUNTERS}")
+            if cp.step != step:
+                if cp.step != cp.step.strip() or "\n" in cp.step:
+                    raise ValueError(f"step name {cp.step!r} has surrounding blanks or a newline")
+                step = cp.step
+                buf.append(f"step {step}\n" if step else "step\n")
+            buf.append(f"check {cp.counter} {cp.value}\n")
+        elif kind == EV_SYSTEM_RUNNING:
+            buf.append("system_running\n")
+        elif kind == EV_KERNEL_RO:
+            buf.append("kernel_ro\n")
+        else:
+            raise ValueError(f"unknown event kind {kind}")
+        if len(buf) >= 8192:
+            out.write("".join(buf))
+            buf.clear()
+    if len(used) != len(by_index):
+        raise ValueError(f"{len(by_index) - len(used)} checkpoints are not referenced by any "
+                         "EV_CHECKPOINT event")
+    out.write("".join(buf))
