@@ -32,6 +32,7 @@ from .events import (
     EventBuilder,
     Trace,
 )
+from .preboot import early_symbols, start_kernel_calls
 
 EVENT_RE = re.compile(r"\s(\d+\.\d+):\s+([\w/]+):\s?(.*)$")
 E820_RE = re.compile(r"BIOS-e820: \[mem (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\] (.+?)\s*$")
@@ -169,7 +170,7 @@ def parse_ftrace(text: str, path: str, lenient: bool = False, machine: Machine |
         # a machine config gives the RAM; where KASLR put the kernel is in the trace
         found = _machine_from_trace(path, machine.e820, kallsyms, stream, meminfo_seen)
         machine = replace(machine, kernel=found.kernel, reserved=machine.reserved or found.reserved)
-    trace = _translate(path, machine, stream, checkpoints, errs)
+    trace = _translate(path, machine, stream, checkpoints, kallsyms)
     trace.meta.update({
         "format": "ftrace",
         "overflow": overflow is not None and overflow[0] < overflow[1],
@@ -226,7 +227,7 @@ def _machine_from_trace(path, e820, kallsyms, stream, meminfo_seen) -> Machine:
     return m
 
 
-def _translate(path, machine: Machine, stream, checkpoints, errs: LineErrors) -> Trace:
+def _translate(path, machine: Machine, stream, checkpoints, kallsyms) -> Trace:
     """Turn virtual addresses into vpfns, and place EV_KERNEL_RO."""
     nr_direct_puds = max(1, -(-machine.max_pfn() // PUD_PAGES))
     highmap_vpfn = nr_direct_puds * PUD_PAGES
@@ -235,6 +236,11 @@ def _translate(path, machine: Machine, stream, checkpoints, errs: LineErrors) ->
     ro_pages = ((k.end_rodata_hpage_align - k.text) >> PAGE_SHIFT) if k else -1
     b = EventBuilder(max(1024, len(stream)))
     n_vmalloc = n_outside = 0
+    preboot = ""
+    if k is not None:
+        syms, preboot = early_symbols(k, kallsyms)
+        for row in start_kernel_calls(k, syms, highmap_vpfn):
+            b.append(*row)
     ro_pending = False
     for item in stream:
         kind = item[0]
@@ -273,5 +279,6 @@ def _translate(path, machine: Machine, stream, checkpoints, errs: LineErrors) ->
         b.append(EV_KERNEL_RO)
     t = Trace(machine=machine, events=b.finish(), checkpoints=checkpoints)
     t.meta["cpa_vmalloc"] = n_vmalloc
+    t.meta["preboot_calls"] = preboot  # where idt_table/.smp_locks came from ("" = not modelled)
     t.meta["cpa_outside_ram"] = n_outside
     return t
