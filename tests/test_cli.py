@@ -1,0 +1,155 @@
+"""The command line: exit codes, stdout/stderr, stdin and compression."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from dmsim.cli.main import cli
+
+HERE = os.path.dirname(__file__)
+REAL = os.path.join(HERE, "..", "traces", "real", "vm2g-modules-bpf-secretmem.trace.gz")
+
+SMALL = """dmsim-trace 1
+e820 0x1000 0x9fc00 usable
+e820 0x100000 0x7ffdd000 usable
+gbpages on
+system_running
+cpa direct 0x2000 1 set=0x0 clr=0x2 primary
+step one
+check direct_map_level2_splits 1
+check DirectMap4k 6004
+check DirectMap2M 2091008
+"""
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+def test_help_does_not_load_the_core():
+    code = ("import sys; import dmsim.cli.main as m; "
+            "from click.testing import CliRunner; CliRunner().invoke(m.cli, ['--help']); "
+            "print('numba' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_replay_prints_vmstat_lines(runner, tmp_path):
+    p = tmp_path / "t.trace"
+    p.write_text(SMALL)
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "direct_map_level2_splits 1\ndirect_map_level3_splits 0\n"
+
+
+def test_meminfo_format_is_the_kernels(runner, tmp_path):
+    p = tmp_path / "t.trace"
+    p.write_text(SMALL)
+    r = runner.invoke(cli, ["replay", "--format", "meminfo", str(p)])
+    # arch_report_meminfo(): "DirectMap4k:    %8lu kB\n"
+    assert r.stdout.splitlines() == ["DirectMap4k:        6004 kB", "DirectMap2M:     2091008 kB",
+                                     "DirectMap1G:           0 kB"]
+
+
+def test_verify_passes_and_fails_with_exit_codes(runner, tmp_path):
+    p = tmp_path / "t.trace"
+    p.write_text(SMALL)
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "all 3 checkpoints match" in r.stderr
+    p.write_text(SMALL.replace("splits 1", "splits 2"))
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 1
+    assert "1 of 3 checkpoints differ" in r.stderr and "line 8" in r.stderr
+
+
+def test_json_is_deterministic_and_complete(runner):
+    a = runner.invoke(cli, ["replay", "--format", "json", REAL])
+    b = runner.invoke(cli, ["replay", "--format", "json", REAL])
+    assert a.exit_code == 0 and a.stdout == b.stdout
+    doc = json.loads(a.stdout)
+    assert doc["input"]["sha256"] and doc["dmsim_version"]
+    assert doc["verify"]["checked"] == len(doc["checkpoints"]) > 0
+    assert set(doc["counters"]) >= {"direct_map_level2_splits", "DirectMap4k"}
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, "zstd", None])
+def test_compressed_and_stdin(runner, tmp_path, compress):
+    data = SMALL.encode()
+    if compress == "zstd":
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(data)
+    elif compress is not None:
+        data = compress(data)
+    r = runner.invoke(cli, ["replay", "-"], input=data)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("direct_map_level2_splits 1")
+
+
+def test_bad_line_names_file_line_and_text(runner, tmp_path):
+    p = tmp_path / "bad.trace"
+    p.write_text(SMALL.replace("system_running\n", "system_running\nfrobnicate 12\n"))
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 3
+    assert f"{p}:6:" in r.stderr and "frobnicate 12" in r.stderr
+    assert "Traceback" not in r.output and r.stdout == ""
+
+
+def test_lenient_skips_and_counts(runner, tmp_path):
+    p = tmp_path / "bad.trace"
+    p.write_text(SMALL.replace("system_running\n", "system_running\nfrobnicate 12\n"))
+    r = runner.invoke(cli, ["replay", "--lenient", str(p)])
+    assert r.exit_code == 0
+    assert "1 bad lines skipped" in r.stderr
+
+
+def test_ftrace_garbage_line(runner, tmp_path):
+    p = tmp_path / "bad.txt"
+    text = gzip.decompress(open(REAL, "rb").read()).decode().split("\n")
+    text.insert(40, "this is not ftrace")
+    p.write_text("\n".join(text))
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 3 and f"{p}:41:" in r.stderr
+
+
+def test_missing_file_and_unknown_format(runner, tmp_path):
+    r = runner.invoke(cli, ["replay", str(tmp_path / "nope")])
+    assert r.exit_code == 3 and "cannot read" in r.stderr
+    p = tmp_path / "x"
+    p.write_text("hello\n")
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 3 and "neither" in r.stderr
+
+
+def test_usage_error_is_2(runner):
+    assert runner.invoke(cli, ["replay", "--format", "xml", REAL]).exit_code == 2
+
+
+def test_convert_round_trip_and_no_overwrite(runner, tmp_path):
+    out = tmp_path / "n.trace"
+    r = runner.invoke(cli, ["convert", REAL, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    a = runner.invoke(cli, ["replay", "--format", "meminfo", REAL]).stdout
+    b = runner.invoke(cli, ["replay", "--format", "meminfo", str(out)]).stdout
+    assert a == b
+    before = out.read_text()
+    r = runner.invoke(cli, ["convert", REAL, "-o", str(out)])
+    assert r.exit_code == 3 and "not overwriting" in r.stderr
+    assert out.read_text() == before
+
+
+def test_machine_override(runner, tmp_path):
+    cfg = os.path.join(HERE, "..", "configs", "machines", "qemu-2g.yaml")
+    a = runner.invoke(cli, ["replay", "--format", "meminfo", REAL]).stdout
+    b = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, REAL]).stdout
+    assert a == b
