@@ -16,9 +16,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def gen_cpa_stream(n: int, machine, seed: int = 1):
-    """n CPA calls shaped like a busy system: mostly 1-page set_memory_ro/rw and
-    set_direct_map_invalid/default on random RAM pages, some multi-page ranges."""
+def gen_cpa_stream(n: int, machine, seed: int = 1, local: bool = True):
+    """n CPA calls. local=True is shaped like the real traces: bursts of 1-page
+    alias calls over runs of consecutive pfns (a module's or BPF pack's vmalloc
+    pages made RO, later RW again; secretmem pages made invalid then valid),
+    at random places in RAM. local=False scatters single pages uniformly over
+    RAM: the worst case for caches."""
     from dmsim.core import constants as C
     from dmsim.trace.events import CPAF_PRIMARY, EV_CPA, EventArrays
 
@@ -27,37 +30,56 @@ def gen_cpa_stream(n: int, machine, seed: int = 1):
     starts = np.array([(s + 4095) >> 12 for s, _ in ram])
     ends = np.array([e >> 12 for _, e in ram])
     sizes = ends - starts
-    which = rng.choice(len(ram), size=n, p=sizes / sizes.sum())
-    vpfn = starts[which] + (rng.random(n) * (sizes[which] - 16)).astype(np.int64)
-    numpages = np.where(rng.random(n) < 0.9, 1, rng.integers(2, 16, n)).astype(np.int64)
+    big = sizes > 4096
+    starts, sizes = starts[big], sizes[big]
+    if local:
+        runs = []
+        total = 0
+        while total < n:
+            k = rng.integers(len(starts))
+            length = int(rng.integers(8, 257))
+            base = starts[k] + int(rng.integers(0, sizes[k] - length))
+            runs.append((base, length))
+            total += 2 * length
+        vpfn = np.concatenate([np.concatenate([np.arange(b, b + ln), np.arange(b, b + ln)])
+                               for b, ln in runs])[:n].astype(np.int64)
+        which_half = np.concatenate([np.repeat([0, 1], ln) for _, ln in runs])[:n]
+        numpages = np.ones(n, np.int64)
+    else:
+        which = rng.choice(len(starts), size=n, p=sizes / sizes.sum())
+        vpfn = starts[which] + (rng.random(n) * (sizes[which] - 16)).astype(np.int64)
+        which_half = rng.integers(0, 2, n)
+        numpages = np.where(rng.random(n) < 0.9, 1, rng.integers(2, 16, n)).astype(np.int64)
     masks = np.array([C._PAGE_RW, C._PAGE_PRESENT | C._PAGE_RW], np.uint64)
-    m = masks[rng.integers(0, 2, n)]
-    setting = rng.random(n) < 0.5
+    m = masks[(rng.random(n) < 0.3).astype(np.int64)]  # 30% set_direct_map_* pairs
     ev = EventArrays(
         kind=np.full(n, EV_CPA, np.uint8), arg0=vpfn, arg1=numpages,
-        mask_set=np.where(setting, m, np.uint64(0)).astype(np.uint64),
-        mask_clr=np.where(setting, np.uint64(0), m).astype(np.uint64),
+        mask_set=np.where(which_half == 1, m, np.uint64(0)).astype(np.uint64),
+        mask_clr=np.where(which_half == 1, np.uint64(0), m).astype(np.uint64),
         flags=np.full(n, CPAF_PRIMARY, np.int32))
     return ev
 
 
-def bench_core(n: int) -> None:
+def bench_core(n: int, local: bool) -> None:
     from dmsim.core.api import replay
     from dmsim.core.layout import init_mem_mapping
     from dmsim.machine import Machine
+    from dmsim.trace.events import EV_SYSTEM_RUNNING
 
     machine = Machine(e820=[(0x1000, 0x9FC00, 1), (0x100000, 0xC0000000, 1),
                             (0x100000000, 0x440000000, 1)])  # a 16 GiB box
-    ev = gen_cpa_stream(n, machine)
+    ev = gen_cpa_stream(n, machine, local=local)
+    ev.kind[0] = EV_SYSTEM_RUNNING
     warm = init_mem_mapping(machine)
     replay(warm, tuple(c[:1000] for c in ev.columns()), 0)  # JIT (or load the cache)
     st = init_mem_mapping(machine)
     t0 = time.perf_counter()
     replay(st, ev.columns(), 0)
     dt = time.perf_counter() - t0
-    print(f"core: {n:,} CPA calls on a 16 GiB machine in {dt:.2f} s = {n / dt / 1e6:.2f} M events/s "
-          f"({int(st.counters[3]) + int(st.counters[4])} splits counted, "
-          f"{int(st.nr_tables[0])} pte tables)")
+    shape = "bursts of consecutive pages" if local else "single pages scattered over RAM"
+    print(f"core: {n:,} CPA calls ({shape}) on a 16 GiB machine: {dt:.2f} s = "
+          f"{n / dt / 1e6:.2f} M events/s ({int(st.counters[3])} 2M splits, "
+          f"{int(st.counters[4])} 1G splits)")
 
 
 def bench_trace(path: str, repeat: int) -> None:
@@ -84,7 +106,8 @@ def main() -> None:
                     default=None, help="real trace(s) for the end-to-end figure")
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    bench_core(a.events)
+    bench_core(a.events, local=True)
+    bench_core(a.events, local=False)
     for p in a.trace or ["traces/real/vm2g-modules-bpf-secretmem.trace.gz",
                          "traces/real/vm4g-modules-bpf-secretmem.trace.gz"]:
         bench_trace(p, a.repeat)

@@ -231,7 +231,7 @@ def change_large_page(level, slot, vpfn, numpages, mask_set, mask_clr, force_spl
     return n, fsp
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_split,
                              pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte,
                              nr_tables, counters, params, pfn_mapped):

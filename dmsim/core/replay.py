@@ -5,7 +5,8 @@ from __future__ import annotations
 from numba import njit
 
 from . import constants as C
-from .cpa import change_page_attr_set_clr
+from . import state as S
+from .cpa import ZERO, change_page_attr_set_clr, pgprot_clear_protnone_bits
 
 # Event kinds and CPA flags, mirrored from dmsim/trace/events.py (the core does
 # not import the I/O side; tests/test_events.py pins that they agree).
@@ -15,6 +16,31 @@ EV_KERNEL_RO = 3
 EV_CHECKPOINT = 4
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def cpa_fast_4k(vpfn, numpages, mask_set, mask_clr, pud_state, pmd_state, pmd_table, pte,
+                counters, params):
+    """The common case of __change_page_attr_set_clr(), done without a call:
+    every page already a present 4K pte of one pte table in the direct map,
+    outside rodata (no static protection can apply), no force_split. Does
+    exactly what the general path does for it; returns False to leave a call
+    to the general path."""
+    j = vpfn & 511
+    if numpages > 512 - j or vpfn < 0 or vpfn + numpages > params[S.P_HIGHMAP_VPFN]:
+        return False
+    if not (vpfn > params[S.P_RODATA_EPFN] or vpfn + numpages - 1 < params[S.P_RODATA_SPFN]):
+        return False  # protect_rodata() could apply
+    if pud_state[vpfn >> 18] != S.ENTRY_TABLE or pmd_state[vpfn >> 9] != S.ENTRY_TABLE:
+        return False
+    row = pmd_table[vpfn >> 9]
+    for k in range(j, j + numpages):
+        if pte[row, k] == ZERO:
+            return False  # a hole: __cpa_process_fault() is the general path's
+    counters[C.NR_CPA_CALLS] += 1
+    for k in range(j, j + numpages):
+        pte[row, k] = pgprot_clear_protnone_bits((pte[row, k] & ~mask_clr) | mask_set)
+    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -27,12 +53,16 @@ def replay_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop,
         k = kind[i]
         if k == EV_CPA:
             numpages = arg1[i]
+            f = flags[i]
+            if ((mask_set[i] != ZERO or mask_clr[i] != ZERO) and (f & CPAF_FORCE_SPLIT) == 0
+                    and cpa_fast_4k(arg0[i], numpages, mask_set[i], mask_clr[i], pud_state,
+                                    pmd_state, pmd_table, pte, counters, params)):
+                continue
             # worst case: every 2M leaf covered splits (set_memory_4k), plus both ends
             if nr_tables[0] + (numpages >> 9) + 3 > pte.shape[0]:
                 return i
             change_page_attr_set_clr(arg0[i], numpages, mask_set[i], mask_clr[i],
-                                     (flags[i] & CPAF_PRIMARY) != 0,
-                                     (flags[i] & CPAF_FORCE_SPLIT) != 0,
+                                     (f & CPAF_PRIMARY) != 0, (f & CPAF_FORCE_SPLIT) != 0,
                                      pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte,
                                      nr_tables, counters, params, pfn_mapped)
         elif k == EV_SYSTEM_RUNNING:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import numpy as np
+
 from ..core.constants import (
     _PAGE_RW,
     KERNEL_IMAGE_SIZE,
@@ -29,9 +31,11 @@ from .events import (
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
     Checkpoint,
+    EventArrays,
     EventBuilder,
     Trace,
 )
+from .ftrace_scan import SCAN_ALLOC, SCAN_CPA, SCAN_FREE, SCAN_OTHER, scan
 from .preboot import early_symbols, start_kernel_calls
 
 EVENT_RE = re.compile(r"\s(\d+\.\d+):\s+([\w/]+):\s?(.*)$")
@@ -68,38 +72,27 @@ def _e820_type(name: str) -> int:
     return E820_TYPES.get(key, 2)
 
 
-class _CpaRecord:
-    __slots__ = ("vaddr", "numpages", "mask_set", "mask_clr", "flags", "primary", "pob", "pb", "line", "text")
+def parse_ftrace(text: str | bytes, path: str, lenient: bool = False,
+                 machine: Machine | None = None) -> Trace:
+    """Parse the trace text into a Trace (machine, events, checkpoints).
 
-    def __init__(self, kv: dict[str, str], line: int, text: str):
-        self.vaddr = _int(kv["vaddr"])
-        self.numpages = _int(kv["numpages"])
-        self.mask_set = _int(kv["set"])
-        self.mask_clr = _int(kv["clr"])
-        self.flags = _int(kv.get("flags", "0"))
-        self.primary = _int(kv["primary"])
-        self.pob = _int(kv["pob"])
-        self.pb = _int(kv.get("pb", "0"))
-        self.line, self.text = line, text
-
-
-def parse_ftrace(text: str, path: str, lenient: bool = False, machine: Machine | None = None) -> Trace:
-    """Parse the trace text into a Trace (machine, events, checkpoints)."""
+    kmem and CPA event lines are tokenised in bulk (ftrace_scan.py); the few
+    other lines (headers, e820, markers, anything malformed) are read here."""
     errs = LineErrors(path, lenient)
     e820: list[tuple[int, int, int]] = []
     kallsyms: dict[str, int] = {}
     overflow: tuple[int, int] | None = None
-    # The ordered stream before address translation: ("cpa", rec) or (kind, ...)
-    stream: list[tuple] = []
     checkpoints: list[Checkpoint] = []
+    markers: list[tuple[int, int, int]] = []  # (line index, EV_*, arg0)
     step = "boot"
     seen_running = False
-    n_alloc = n_free = 0
     meminfo_seen: set[str] = set()
 
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    kind, start, fields = scan(data)
+    for li in np.nonzero(kind == SCAN_OTHER)[0].tolist():
+        lineno = li + 1
+        line = data[start[li]:start[li + 1] - 1].decode("utf-8", "replace")
         if line.startswith("#"):
             m = ENTRIES_RE.search(line)
             if m:
@@ -117,68 +110,55 @@ def parse_ftrace(text: str, path: str, lenient: bool = False, machine: Machine |
                 errs.bad(lineno, "not a trace event, e820 or comment line", line)
             continue
         event, payload = m.group(2), m.group(3)
+        if event in KMEM_EVENTS or event in CPA_EVENTS:
+            errs.bad(lineno, f"malformed {event} event", line)  # the scanner did not take it
+            continue
+        if event not in MARKER_EVENTS:
+            errs.bad(lineno, f"unknown trace event '{event}'", line)
+            continue
+        pos = payload.find("dmsim: ")
+        if pos < 0:
+            continue  # somebody else's trace_marker write
+        words = payload[pos + 7:].split()
         try:
-            if event in KMEM_EVENTS:
-                kv = dict(KV_RE.findall(payload))
-                pfn = _int(kv["pfn"])
-                order = int(kv.get("order", "0"))
-                if event == "mm_page_alloc":
-                    stream.append((EV_ALLOC, pfn, order, int(kv.get("migratetype", "0"))))
-                    n_alloc += 1
-                else:
-                    stream.append((EV_FREE, pfn, order, 0))
-                    n_free += 1
-            elif event in CPA_EVENTS:
-                stream.append(("cpa", _CpaRecord(dict(KV_RE.findall(payload)), lineno, line)))
-            elif event in MARKER_EVENTS:
-                pos = payload.find("dmsim: ")
-                if pos < 0:
-                    continue  # somebody else's trace_marker write
-                words = payload[pos + 7:].split()
-                if not words:
-                    errs.bad(lineno, "empty dmsim marker", line)
-                    continue
-                what = words[0]
-                if what == "system_running":
-                    stream.append((EV_SYSTEM_RUNNING,))
-                    seen_running = True
-                elif what == "kallsyms":
-                    kallsyms[words[1]] = _int(words[2])
-                elif what == "step":
-                    step = " ".join(words[1:])
-                elif what == "vmstat":
-                    if words[1] in METERED:
-                        checkpoints.append(Checkpoint(len(checkpoints), step, words[1], int(words[2]), lineno))
-                        stream.append((EV_CHECKPOINT, checkpoints[-1].index))
-                elif what == "meminfo":
-                    name = words[1].rstrip(":")
-                    if name in METERED:
+            what = words[0]
+            if what == "system_running":
+                markers.append((li, EV_SYSTEM_RUNNING, 0))
+                seen_running = True
+            elif what == "kallsyms":
+                kallsyms[words[1]] = _int(words[2])
+            elif what == "step":
+                step = " ".join(words[1:])
+            elif what in ("vmstat", "meminfo"):
+                name = words[1].rstrip(":")
+                if name in METERED:
+                    if what == "meminfo":
                         meminfo_seen.add(name)
-                        checkpoints.append(Checkpoint(len(checkpoints), step, name, int(words[2]), lineno))
-                        stream.append((EV_CHECKPOINT, checkpoints[-1].index))
-                # other markers (end, notes) carry no state
-            else:
-                errs.bad(lineno, f"unknown trace event '{event}'", line)
-        except (KeyError, ValueError, IndexError):
-            errs.bad(lineno, f"malformed {event} event", line)
+                    checkpoints.append(Checkpoint(len(checkpoints), step, name, int(words[2]), lineno))
+                    markers.append((li, EV_CHECKPOINT, checkpoints[-1].index))
+            # other markers (end, notes) carry no state
+        except (ValueError, IndexError):
+            errs.bad(lineno, "malformed dmsim marker", line)
 
+    cpa_rows = np.nonzero(kind == SCAN_CPA)[0]
+    phys_base = int(fields[cpa_rows[0], 7]) if len(cpa_rows) else None
     if machine is None:
         if not e820:
             raise TraceError(path, 0, "no e820 lines in the trace: give the machine with --machine")
-        machine = _machine_from_trace(path, e820, kallsyms, stream, meminfo_seen)
+        machine = _machine_from_trace(path, e820, kallsyms, phys_base, meminfo_seen)
     elif machine.kernel is None:
         # a machine config gives the RAM; where KASLR put the kernel is in the trace
-        found = _machine_from_trace(path, machine.e820, kallsyms, stream, meminfo_seen)
+        found = _machine_from_trace(path, machine.e820, kallsyms, phys_base, meminfo_seen)
         machine = replace(machine, kernel=found.kernel, reserved=machine.reserved or found.reserved)
-    trace = _translate(path, machine, stream, checkpoints, kallsyms)
+    trace = _translate(machine, kind, fields, markers, checkpoints, kallsyms)
     trace.meta.update({
         "format": "ftrace",
         "overflow": overflow is not None and overflow[0] < overflow[1],
         "entries": overflow,
         "system_running_marker": seen_running,
         "kallsyms": kallsyms,
-        "page_allocs": n_alloc,
-        "page_frees": n_free,
+        "page_allocs": int(np.count_nonzero(kind == SCAN_ALLOC)),
+        "page_frees": int(np.count_nonzero(kind == SCAN_FREE)),
         "skipped_lines": errs.skipped,
         "first_skipped": str(errs.first) if errs.first else None,
     })
@@ -205,8 +185,7 @@ def _parse_e820_line(line: str, lineno: int, e820: list, errs: LineErrors) -> No
     errs.bad(lineno, "malformed e820 line", line)
 
 
-def _machine_from_trace(path, e820, kallsyms, stream, meminfo_seen) -> Machine:
-    phys_base = next((item[1].pb for item in stream if item[0] == "cpa"), None)
+def _machine_from_trace(path, e820, kallsyms, phys_base, meminfo_seen) -> Machine:
     kernel = None
     if phys_base is not None and all(k in kallsyms for k in KALLSYMS):
         kernel = KernelImage(
@@ -227,58 +206,70 @@ def _machine_from_trace(path, e820, kallsyms, stream, meminfo_seen) -> Machine:
     return m
 
 
-def _translate(path, machine: Machine, stream, checkpoints, kallsyms) -> Trace:
-    """Turn virtual addresses into vpfns, and place EV_KERNEL_RO."""
+def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -> Trace:
+    """Merge scanned events and markers in line order; turn virtual addresses
+    into vpfns; drop CPA calls on vmalloc space (their alias calls are in the
+    trace); place EV_KERNEL_RO; prepend start_kernel's untraced calls."""
     nr_direct_puds = max(1, -(-machine.max_pfn() // PUD_PAGES))
     highmap_vpfn = nr_direct_puds * PUD_PAGES
-    direct_span = highmap_vpfn << PAGE_SHIFT
+    u = np.uint64
+    cpa_li = np.nonzero(kind == SCAN_CPA)[0]
+    f = fields[cpa_li]
+    vaddr = f[:, 0] & ~u(0xFFF)  # change_page_attr_set_clr() aligns down
+    pob = f[:, 6]
+    off_direct = vaddr - pob  # wraps (huge) below the direct map
+    off_high = vaddr - u(START_KERNEL_MAP)
+    direct = off_direct < u(highmap_vpfn << PAGE_SHIFT)
+    high = off_high < u(KERNEL_IMAGE_SIZE)
+    outside = ~direct & (off_direct < u(1 << 46))  # direct-map address past RAM
+    keep = direct | high
+    primary = f[:, 5].astype(np.int64) != 0
+    vpfn = np.where(direct, (off_direct >> u(PAGE_SHIFT)).astype(np.int64),
+                    highmap_vpfn + (off_high >> u(PAGE_SHIFT)).astype(np.int64))
+
+    mem_li = np.nonzero((kind == SCAN_ALLOC) | (kind == SCAN_FREE))[0]
+    mk = np.array([m[0] for m in markers], np.int64)
+    n_cpa = int(keep.sum())
+    li = np.concatenate([cpa_li[keep], mem_li, mk])
+    ev_kind = np.concatenate([np.full(n_cpa, EV_CPA, np.uint8),
+                              np.where(kind[mem_li] == SCAN_ALLOC, EV_ALLOC, EV_FREE).astype(np.uint8),
+                              np.array([m[1] for m in markers], np.uint8)])
+    arg0 = np.concatenate([vpfn[keep], fields[mem_li, 0].astype(np.int64),
+                           np.array([m[2] for m in markers], np.int64)])
+    arg1 = np.concatenate([f[keep, 1].astype(np.int64), fields[mem_li, 1].astype(np.int64),
+                           np.zeros(len(markers), np.int64)])
+    mset = np.concatenate([f[keep, 2], np.zeros(len(mem_li) + len(markers), np.uint64)])
+    mclr = np.concatenate([f[keep, 3], np.zeros(len(mem_li) + len(markers), np.uint64)])
+    flg = np.concatenate([np.where(primary[keep], CPAF_PRIMARY, 0).astype(np.int32),
+                          np.where(kind[mem_li] == SCAN_ALLOC, fields[mem_li, 2], 0).astype(np.int32),
+                          np.zeros(len(markers), np.int32)])
+    alias = np.concatenate([(direct & ~primary)[keep], np.ones(len(mem_li), bool),
+                            np.zeros(len(markers), bool)])  # what may sit inside a call
+    order = np.argsort(li, kind="stable")
+    cols = [c[order] for c in (ev_kind, arg0, arg1, mset, mclr, flg)]
+    alias = alias[order]
+
     k = machine.kernel
-    ro_pages = ((k.end_rodata_hpage_align - k.text) >> PAGE_SHIFT) if k else -1
-    b = EventBuilder(max(1024, len(stream)))
-    n_vmalloc = n_outside = 0
+    b = EventBuilder(len(order) + 64)
     preboot = ""
     if k is not None:
         syms, preboot = early_symbols(k, kallsyms)
         for row in start_kernel_calls(k, syms, highmap_vpfn):
             b.append(*row)
-    ro_pending = False
-    for item in stream:
-        kind = item[0]
-        if kind != "cpa":
-            # page allocations (the split's own page-table page) happen inside
-            # set_memory_ro(); only a marker ends it
-            if ro_pending and kind not in (EV_ALLOC, EV_FREE):
-                b.append(EV_KERNEL_RO)
-                ro_pending = False
-            b.append(kind, *item[1:3], flags=item[3] if len(item) > 3 else 0)
-            continue
-        r = item[1]
-        vaddr = r.vaddr & ~0xFFF  # change_page_attr_set_clr() aligns down
-        if r.pob <= vaddr < r.pob + direct_span:
-            vpfn = (vaddr - r.pob) >> PAGE_SHIFT
-            is_alias = r.primary == 0
-        elif START_KERNEL_MAP <= vaddr < START_KERNEL_MAP + KERNEL_IMAGE_SIZE:
-            vpfn = highmap_vpfn + ((vaddr - START_KERNEL_MAP) >> PAGE_SHIFT)
-            is_alias = False
-        elif r.pob <= vaddr < r.pob + (1 << 46):
-            n_outside += 1  # direct-map address past the end of RAM: nothing mapped
-            continue
-        else:
-            n_vmalloc += 1  # vmalloc/module space: matters only through its aliases
-            continue
-        if ro_pending and not is_alias:
-            b.append(EV_KERNEL_RO)
-            ro_pending = False
-        flags = CPAF_PRIMARY if r.primary else 0
-        b.append(EV_CPA, vpfn, r.numpages, r.mask_set, r.mask_clr, flags)
         # mark_rodata_ro(): set_memory_ro(_text .. __end_rodata_hpage_align), then
-        # kernel_set_to_readonly = 1 once it (and its alias calls) returned
-        if k is not None and vaddr == k.text and (r.mask_clr & _PAGE_RW) and r.numpages == ro_pages:
-            ro_pending = True
-    if ro_pending:
-        b.append(EV_KERNEL_RO)
-    t = Trace(machine=machine, events=b.finish(), checkpoints=checkpoints)
-    t.meta["cpa_vmalloc"] = n_vmalloc
+        # kernel_set_to_readonly = 1 once it and its alias calls have returned
+        ro_pages = (k.end_rodata_hpage_align - k.text) >> PAGE_SHIFT
+        text_vpfn = highmap_vpfn + ((k.text - START_KERNEL_MAP) >> PAGE_SHIFT)
+        hit = np.nonzero((cols[0] == EV_CPA) & (cols[1] == text_vpfn) & (cols[2] == ro_pages)
+                         & ((cols[4] & u(_PAGE_RW)) != 0) & ((cols[5] & CPAF_PRIMARY) != 0))[0]
+        if len(hit):
+            after = np.nonzero(~alias[hit[0] + 1:])[0]
+            at = hit[0] + 1 + (after[0] if len(after) else len(alias) - hit[0] - 1)
+            cols = [np.insert(c, at, v) for c, v in zip(cols, (EV_KERNEL_RO, 0, 0, 0, 0, 0), strict=True)]
+    pre = b.finish()
+    ev = EventArrays(*(np.concatenate([p, c]).astype(p.dtype) for p, c in zip(pre.columns(), cols, strict=True)))
+    t = Trace(machine=machine, events=ev, checkpoints=checkpoints)
+    t.meta["cpa_vmalloc"] = int((~keep & ~outside).sum())
+    t.meta["cpa_outside_ram"] = int(outside.sum())
     t.meta["preboot_calls"] = preboot  # where idt_table/.smp_locks came from ("" = not modelled)
-    t.meta["cpa_outside_ram"] = n_outside
     return t

@@ -43,13 +43,19 @@ def decompress(path: str, data: bytes) -> bytes:
     return data
 
 
-def read_text(path: str) -> tuple[str, str]:
-    """(text, sha256 of the bytes as given): decompressed and decoded."""
+def read_data(path: str) -> tuple[bytes, str]:
+    """(decompressed bytes, sha256 of the bytes as given)."""
     raw = read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
     data = decompress(path, raw)
     if b"\x00" in data[:4096]:
         raise TraceError(path, 0, "binary data, not a text trace (trace.dat? use `trace-cmd report`)")
+    return data, digest
+
+
+def read_text(path: str) -> tuple[str, str]:
+    """(text, sha256 of the bytes as given): decompressed and decoded."""
+    data, digest = read_data(path)
     return data.decode("utf-8", errors="replace"), digest
 
 

@@ -1,0 +1,187 @@
+"""The hot loop of the ftrace reader, in numba: tokenise every kmem and CPA
+event line of the buffer into arrays, and leave every other line (headers,
+e820, markers, anything odd) to the Python reader, which owns the error
+messages. Parsing must not dominate a replay; at ~1 us a line in Python it did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+SCAN_BLANK = 0
+SCAN_OTHER = 1  # the Python reader looks at it
+SCAN_ALLOC = 2  # kmem:mm_page_alloc
+SCAN_FREE = 3  # kmem:mm_page_free, kmem:mm_page_free_batched
+SCAN_CPA = 4  # the dmsim/cpa kprobe
+
+NAMES = (b"mm_page_alloc", b"mm_page_free", b"mm_page_free_batched", b"cpa", b"dmsim/cpa")
+NAME_KIND = (SCAN_ALLOC, SCAN_FREE, SCAN_FREE, SCAN_CPA, SCAN_CPA)
+# fields per kind, in column order of the output array
+KEYS_KMEM = (b"pfn", b"order", b"migratetype")
+KEYS_CPA = (b"vaddr", b"numpages", b"set", b"clr", b"flags", b"primary", b"pob", b"pb")
+
+
+def _table(words) -> np.ndarray:
+    t = np.zeros((len(words), 24), np.uint8)
+    for i, w in enumerate(words):
+        t[i, 0] = len(w)
+        t[i, 1:1 + len(w)] = np.frombuffer(w, np.uint8)
+    return t
+
+
+NAME_TABLE = _table(NAMES)
+NAME_KINDS = np.array(NAME_KIND, np.int8)
+KMEM_TABLE = _table(KEYS_KMEM)
+CPA_TABLE = _table(KEYS_CPA)
+# which fields an event must have: kmem pfn; cpa all but flags and pb
+KMEM_REQUIRED = np.array([1, 0, 0], np.int8)
+CPA_REQUIRED = np.array([1, 1, 1, 1, 0, 1, 1, 0], np.int8)
+
+
+@njit(cache=True)
+def _is_digit(c):
+    return 48 <= c <= 57
+
+
+@njit(cache=True)
+def _match(buf, pos, end, table, row):
+    n = table[row, 0]
+    if pos + n > end:
+        return False
+    for k in range(n):
+        if buf[pos + k] != table[row, 1 + k]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _number(buf, pos, end):
+    """Parse 0x-hex or decimal (optionally negative) at pos: (value as uint64, ok)."""
+    neg = False
+    if pos < end and buf[pos] == 45:  # '-'
+        neg = True
+        pos += 1
+    v = np.uint64(0)
+    ok = False
+    if pos + 1 < end and buf[pos] == 48 and (buf[pos + 1] == 120 or buf[pos + 1] == 88):
+        pos += 2
+        while pos < end:
+            c = buf[pos]
+            if 48 <= c <= 57:
+                d = c - 48
+            elif 97 <= c <= 102:
+                d = c - 87
+            elif 65 <= c <= 70:
+                d = c - 55
+            else:
+                break
+            v = (v << np.uint64(4)) | np.uint64(d)
+            ok = True
+            pos += 1
+    else:
+        while pos < end and _is_digit(buf[pos]):
+            v = v * np.uint64(10) + np.uint64(buf[pos] - 48)
+            ok = True
+            pos += 1
+    if ok and pos < end and buf[pos] != 32 and buf[pos] != 9 and buf[pos] != 13:
+        ok = False  # trailing junk
+    if neg:
+        v = np.uint64(0) - v
+    return v, ok
+
+
+@njit(cache=True)
+def _fields(buf, s, e, keys, required, out, li):
+    """key=value pairs of the payload [s, e) into out[li, :]; False if a
+    required key is missing or a value is not a number."""
+    nkeys = keys.shape[0]
+    seen = 0  # bit r: key r was found
+    pos = s
+    while pos < e:
+        # a token starts after a space
+        if pos == s or buf[pos - 1] == 32:
+            c0 = buf[pos]
+            for r in range(nkeys):
+                n = keys[r, 0]
+                if keys[r, 1] != c0:
+                    continue
+                if _match(buf, pos, e, keys, r) and pos + n < e and buf[pos + n] == 61:  # '='
+                    v, ok = _number(buf, pos + n + 1, e)
+                    if not ok:
+                        return False
+                    out[li, r] = v
+                    seen |= 1 << r
+                    pos += n
+                    break
+        pos += 1
+    for r in range(nkeys):
+        if required[r] and not (seen >> r) & 1:
+            return False
+    return True
+
+
+@njit(cache=True)
+def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_req):
+    """(kind int8[n], start int64[n], fields uint64[n, 8]) for the n lines."""
+    nlines = 1
+    for i in range(buf.shape[0]):
+        if buf[i] == 10:
+            nlines += 1
+    kind = np.zeros(nlines, np.int8)
+    start = np.zeros(nlines + 1, np.int64)
+    fields = np.zeros((nlines, 8), np.uint64)
+    li = 0
+    s = 0
+    n = buf.shape[0]
+    while li < nlines:
+        e = s
+        while e < n and buf[e] != 10:
+            e += 1
+        start[li] = s
+        k = SCAN_BLANK
+        # blank?
+        blank = True
+        for p in range(s, e):
+            c = buf[p]
+            if c != 32 and c != 9 and c != 13:
+                blank = False
+                break
+        if not blank:
+            k = SCAN_OTHER
+            if buf[s] != 35:  # '#'
+                # find "<digits>.<digits>: <name>: "
+                p = s + 1
+                while p + 1 < e:
+                    if buf[p] == 58 and buf[p + 1] == 32 and _is_digit(buf[p - 1]):
+                        q = p - 1
+                        while q > s and _is_digit(buf[q]):
+                            q -= 1
+                        if buf[q] == 46 and q > s and _is_digit(buf[q - 1]):
+                            break
+                    p += 1
+                if p + 1 < e:
+                    ns = p + 2
+                    ne = ns
+                    while ne < e and buf[ne] != 58:
+                        ne += 1
+                    if ne + 1 <= e:
+                        for r in range(name_table.shape[0]):
+                            if name_table[r, 0] == ne - ns and _match(buf, ns, e, name_table, r):
+                                nk = name_kinds[r]
+                                if nk == SCAN_CPA:
+                                    if _fields(buf, ne + 1, e, cpa_keys, cpa_req, fields, li):
+                                        k = nk
+                                elif _fields(buf, ne + 1, e, kmem_keys, kmem_req, fields, li):
+                                    k = nk
+                                break
+        kind[li] = k
+        li += 1
+        s = e + 1
+    start[nlines] = n + 1
+    return kind, start, fields
+
+
+def scan(data: bytes):
+    buf = np.frombuffer(data, np.uint8)
+    return scan_lines(buf, NAME_TABLE, NAME_KINDS, KMEM_TABLE, KMEM_REQUIRED, CPA_TABLE, CPA_REQUIRED)
