@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# --verify exits 1 on any mismatch; on this trace DirectMap4k/2M differ by the
+# boot-time BPF pack's splits, which no trace shows (README: fidelity), so the
+# demo reports that instead of failing.
 demo: $(STAMP)
-	$(BIN)/dmsim replay --verify $(DEMO_TRACE)
+	$(BIN)/dmsim replay --verify $(DEMO_TRACE) || echo "(mismatches above: see README, 'What is modelled')"
 	$(BIN)/dmsim replay --format meminfo $(DEMO_TRACE)
+	$(BIN)/dmsim replay $(DEMO_TRACE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
