@@ -1,0 +1,105 @@
+"""The ftrace reader: event lines in the shapes kernels and tools print them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmsim.trace.errors import TraceError
+from dmsim.trace.events import EV_ALLOC, EV_CHECKPOINT, EV_CPA, EV_FREE, EV_SYSTEM_RUNNING
+from dmsim.trace.ftrace import parse_ftrace
+
+E820 = """[    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+[    0.000000] BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved
+[    0.000000] BIOS-e820: [mem 0x0000000000100000-0x000000007ffdcfff] usable
+[    0.009453] e820: update [mem 0x00000000-0x00000fff] usable ==> reserved
+"""
+POB = "0xffff8c4900000000"
+CPA = ("vaddr=0xffff8c4900203000 numpages=1 set=0x0 clr=0x2 flags=0 primary=1 "
+       f"pob={POB} pb=0xbc00000")
+
+# the same four events as printed by: the 6.1 `trace` file (5 flag chars),
+# an older kernel (4 flag chars, decimal pfn), and `trace-cmd report` (padded)
+SHAPES = {
+    "trace-6.1": [
+        "          <idle>-0       [000] d..1.     0.756052: mm_page_alloc: page=00000000079b73a3 pfn=0x7390 order=2 migratetype=1 gfp_flags=GFP_KERNEL",
+        "    kworker/u2:0-9       [000] .....     2.580250: cpa: (__change_page_attr_set_clr+0x0/0xf00) " + CPA,
+        "          <idle>-0       [000] ...1.     1.125379: mm_page_free: page=000000002f8f7dc8 pfn=0x32d06 order=0",
+        "            init-1       [000] .....     3.615944: tracing_mark_write: dmsim: system_running",
+    ],
+    "trace-5.10": [
+        "          <idle>-0     [000] d..1     0.756052: mm_page_alloc: page=00000000079b73a3 pfn=29584 order=2 migratetype=1 gfp_flags=GFP_KERNEL",
+        "  kworker/u2:0-9     [000] ....     2.580250: cpa: (__change_page_attr_set_clr+0x0/0xf00) " + CPA,
+        "          <idle>-0     [000] ...1     1.125379: mm_page_free_batched: page=000000002f8f7dc8 pfn=208134 order=0",
+        "            init-1     [000] ....     3.615944: tracing_mark_write: dmsim: system_running",
+    ],
+    "trace-cmd": [
+        "          <idle>-0     [000]     0.756052: mm_page_alloc:        page=0xffffea00001ce400 pfn=0x7390 order=2 migratetype=1 gfp_flags=GFP_KERNEL",
+        "    kworker/u2:0-9     [000]     2.580250: dmsim/cpa:            (__change_page_attr_set_clr+0x0/0xf00) " + CPA,
+        "          <idle>-0     [000]     1.125379: mm_page_free:         page=0xffffea0000cb4180 pfn=0x32d06 order=0",
+        "            init-1     [000]     3.615944: print:                tracing_mark_write: dmsim: system_running",
+    ],
+}
+
+
+def parse(lines, **kw):
+    return parse_ftrace(E820 + "=== TRACE\n# tracer: nop\n" + "\n".join(lines) + "\n", "t", **kw)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_each_shape_gives_the_same_events(shape):
+    t = parse(SHAPES[shape])
+    ev = t.events
+    tail = slice(len(ev) - 4, len(ev))  # after start_kernel's synthesised calls (none here)
+    assert list(ev.kind[tail]) == [EV_ALLOC, EV_CPA, EV_FREE, EV_SYSTEM_RUNNING]
+    assert list(ev.arg0[tail][[0, 2]]) == [0x7390, 0x32D06]
+    assert ev.arg1[tail][0] == 2 and ev.flags[tail][0] == 1  # order, migratetype
+    assert ev.arg0[tail][1] == 0x203 and ev.mask_clr[tail][1] == 2  # direct-map pfn
+
+
+def test_e820_updates_apply():
+    t = parse(SHAPES["trace-6.1"])
+    assert (0x1000, 0x9FC00, 1) in t.machine.e820
+    assert t.machine.max_pfn() == 0x7FFDD
+
+
+def test_vmalloc_calls_are_dropped_and_counted():
+    line = SHAPES["trace-6.1"][1].replace("vaddr=0xffff8c4900203000", "vaddr=0xffffffffc0332000")
+    t = parse([line])
+    assert t.meta["cpa_vmalloc"] == 1 and not (t.events.kind == EV_CPA).any()
+
+
+def test_checkpoints_keep_their_step():
+    t = parse(["   init-1  [000] .....  3.6: tracing_mark_write: dmsim: step mod:xfs",
+               "   init-1  [000] .....  3.7: tracing_mark_write: dmsim: vmstat direct_map_level2_splits 2",
+               "   init-1  [000] .....  3.8: tracing_mark_write: dmsim: meminfo DirectMap4k: 32628 kB"])
+    assert [(c.step, c.counter, c.value) for c in t.checkpoints] == [
+        ("mod:xfs", "direct_map_level2_splits", 2), ("mod:xfs", "DirectMap4k", 32628)]
+    assert (t.events.kind == EV_CHECKPOINT).sum() == 2
+    assert t.machine.gbpages is False  # DirectMap1G absent: direct_gbpages off
+
+
+def test_malformed_cpa_names_its_line():
+    bad = SHAPES["trace-6.1"][1].replace(" numpages=1", "")
+    with pytest.raises(TraceError) as e:
+        parse(SHAPES["trace-6.1"][:1] + [bad])
+    assert e.value.line == 8 and "malformed cpa event" in str(e.value)
+
+
+def test_unknown_event_and_lenient():
+    odd = "   init-1  [000] .....  3.6: sched_switch: prev_comm=init"
+    with pytest.raises(TraceError, match="unknown trace event 'sched_switch'"):
+        parse([odd])
+    t = parse([odd] + SHAPES["trace-6.1"], lenient=True)
+    assert t.meta["skipped_lines"] == 1
+    assert np.count_nonzero(t.events.kind == EV_ALLOC) == 1
+
+
+def test_overflow_is_reported():
+    text = E820 + "# entries-in-buffer/entries-written: 10/20   #P:1\n" + "\n".join(SHAPES["trace-6.1"])
+    assert parse_ftrace(text, "t").meta["overflow"]
+
+
+def test_no_e820_needs_a_machine():
+    with pytest.raises(TraceError, match="--machine"):
+        parse_ftrace("\n".join(SHAPES["trace-6.1"]), "t")
