@@ -108,9 +108,23 @@ def main() -> None:
     a = ap.parse_args()
     bench_core(a.events, local=True)
     bench_core(a.events, local=False)
-    for p in a.trace or ["traces/real/vm2g-modules-bpf-secretmem.trace.gz",
-                         "traces/real/vm4g-modules-bpf-secretmem.trace.gz"]:
-        bench_trace(p, a.repeat)
+    import os
+    import tempfile
+
+    from dmsim.load import load_trace
+    from dmsim.trace.native import write_native
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in a.trace or ["traces/real/vm2g-modules-bpf-secretmem.trace.gz",
+                             "traces/real/vm4g-modules-bpf-secretmem.trace.gz",
+                             "traces/real/vm2g-bpftrace.trace.gz"]:
+            if not os.path.exists(p):
+                continue
+            bench_trace(p, a.repeat)
+            native = os.path.join(tmp, os.path.basename(p).replace(".gz", ".native"))
+            with open(native, "w") as f:
+                write_native(load_trace(p), f)
+            bench_trace(native, a.repeat)
     print(f"peak memory (ru_maxrss): {peak_rss_mib():.0f} MiB")
 
 

@@ -15,7 +15,7 @@ def load_trace(path: str, lenient: bool = False, machine: Machine | None = None)
     data, digest = read_data(path)
     head = data[:65536].decode("utf-8", errors="replace")
     if native.looks_like_native(head):
-        trace = native.parse_native(data.decode("utf-8", errors="replace"), path,
+        trace = native.parse_native(data, path,
                                     lenient=lenient, machine=machine)
     elif ftrace.looks_like_ftrace(head):
         trace = ftrace.parse_ftrace(data, path, lenient=lenient, machine=machine)

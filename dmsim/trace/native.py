@@ -21,6 +21,8 @@ import re
 from bisect import bisect_right
 from typing import TextIO
 
+import numpy as np
+
 from ..core.constants import KERNEL_IMAGE_SIZE, PAGE_SHIFT, PUD_PAGES
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError
 from .errors import LineErrors, TraceError
@@ -36,9 +38,12 @@ from .events import (
     SPACE_DIRECT,
     SPACE_HIGHMAP,
     Checkpoint,
+    EventArrays,
     EventBuilder,
     Trace,
 )
+from .native_scan import N_ALLOC, N_CPA_DIRECT, N_CPA_HIGHMAP, N_FREE, N_OTHER
+from .native_scan import scan as native_scan
 
 MAGIC = "dmsim-trace"
 VERSION = 1
@@ -231,6 +236,7 @@ class _Events:
     """Event lines -> rows, with every address checked against the machine."""
 
     def __init__(self, machine: Machine):
+        self.machine = machine
         self.b = EventBuilder(4096)
         self.checkpoints: list[Checkpoint] = []
         self.step = "boot"
@@ -342,55 +348,113 @@ class _Events:
             self.n_free += 1
 
 
-def parse_native(text: str, path: str, lenient: bool = False, machine: Machine | None = None) -> Trace:
+def parse_native(text: str | bytes, path: str, lenient: bool = False,
+                 machine: Machine | None = None) -> Trace:
     """Parse a native trace. `machine` (--machine) replaces the header's machine.
 
     Strict mode raises TraceError (file:line: message: text) on the first bad
     line; lenient mode skips and counts bad lines (meta skipped_lines). A missing
     or bad version line and a machine that cannot be built are always fatal.
+    Event lines in write_native()'s canonical form are tokenised in bulk
+    (native_scan.py) and range-checked with numpy; every other line goes
+    through the checks below one by one.
     """
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
     errs = LineErrors(path, lenient)
-    lines = text.split("\n")
-    first = lines[0].lstrip("\ufeff").split() if lines else []
+    first_nl = data.find(b"\n")
+    line0 = (data if first_nl < 0 else data[:first_nl]).decode("utf-8", "replace")
+    first = line0.lstrip("\ufeff").split()
     if not first or first[0] != MAGIC:
-        raise TraceError(path, 1, f"not a native trace: the first line must be `{MAGIC} {VERSION}`",
-                         lines[0] if lines else "")
+        raise TraceError(path, 1, f"not a native trace: the first line must be `{MAGIC} {VERSION}`", line0)
     if len(first) != 2 or DEC_RE.fullmatch(first[1]) is None:
-        raise TraceError(path, 1, f"expected `{MAGIC} {VERSION}`", lines[0])
+        raise TraceError(path, 1, f"expected `{MAGIC} {VERSION}`", line0)
     if int(first[1]) != VERSION:
         raise TraceError(path, 1, f"native trace version {first[1]}: this dmsim reads version "
-                         f"{VERSION}", lines[0])
+                         f"{VERSION}", line0)
+
+    kind, start, a0, a1, mset, mclr, mflags = native_scan(data)
+    nlines = len(kind)
+
+    def line_text(li: int) -> str:
+        return data[start[li]:start[li + 1] - 1].decode("utf-8", "replace")
 
     header = _Header(path)
     events: _Events | None = None
     source = ""
-    for lineno, line in enumerate(lines[1:], 2):
+    py_line: list[int] = []  # line index of each row the Python path appended
+
+    def python_line(li: int) -> None:
+        nonlocal events, source
+        line = line_text(li)
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
-            continue
+            return
         try:
             if events is None:
                 if tokens[0] in HEADER_WORDS:
-                    header.line(lineno, tokens, line)
-                    continue
+                    header.line(li + 1, tokens, line)
+                    return
                 if tokens[0] not in EVENT_WORDS:
                     raise _Bad(f"unknown keyword {tokens[0]!r}")
-                m, source = header.finish(lineno, machine)
+                m, source = header.finish(li + 1, machine)
                 events = _Events(m)
-            events.line(lineno, tokens, line)
+            before = events.b.n
+            events.line(li + 1, tokens, line)
+            py_line.extend([li] * (events.b.n - before))
         except _Bad as e:
-            errs.bad(lineno, str(e), line)
+            errs.bad(li + 1, str(e), line)
+
+    li = 1
+    while li < nlines and events is None:  # the header, up to the first event line
+        python_line(li)
+        li += 1
+    body = li
     if events is None:
         m, source = header.finish(0, machine)  # no event line to blame
         events = _Events(m)
+    m = events.machine
 
-    trace = Trace(machine=m, events=events.b.finish(), checkpoints=events.checkpoints)
+    # canonical event lines: check them all at once
+    fast = np.zeros(nlines, bool)
+    fast[body:] = kind[body:] != N_OTHER
+    idx = np.nonzero(fast)[0]
+    k, v, cnt = kind[idx], a0[idx].astype(np.int64), a1[idx]
+    big = a0[idx] >= np.uint64(1 << 62)
+    end = v + np.where(k <= N_CPA_HIGHMAP, cnt, np.left_shift(1, np.clip(cnt, 0, 62)))
+    ok = ~big
+    ok &= np.where(k == N_CPA_DIRECT, (v < events.max_pfn) & (end <= events.max_pfn), True)
+    ok &= np.where(k == N_CPA_HIGHMAP, (v < HIGHMAP_PAGES) & (end <= HIGHMAP_PAGES), True)
+    page = (k == N_ALLOC) | (k == N_FREE)
+    rs, re_ = np.array(events.ram_start, np.int64), np.array(events.ram_end, np.int64)
+    r = np.searchsorted(rs, v, side="right") - 1
+    in_ram = (r >= 0) & (end <= re_[np.clip(r, 0, len(re_) - 1)])
+    aligned = (v & (np.left_shift(1, np.clip(cnt, 0, 62)) - 1)) == 0
+    ok &= np.where(page, (cnt <= MAX_ORDER) & aligned & in_ram & (mflags[idx] < MIGRATE_TYPES), True)
+    fast[idx[~ok]] = False  # the Python path will say what is wrong
+
+    for li in (np.nonzero(~fast[body:])[0] + body).tolist():
+        python_line(li)
+
+    idx = np.nonzero(fast)[0]
+    k = kind[idx]
+    is_cpa = k <= N_CPA_HIGHMAP
+    f_kind = np.where(is_cpa, EV_CPA, np.where(k == N_ALLOC, EV_ALLOC, EV_FREE)).astype(np.uint8)
+    f_arg0 = a0[idx].astype(np.int64) + np.where(k == N_CPA_HIGHMAP, events.highmap_vpfn, 0)
+    f_set = np.where(is_cpa, mset[idx], np.uint64(0))
+    f_clr = np.where(is_cpa, mclr[idx], np.uint64(0))
+    f_flags = np.where(k == N_FREE, 0, mflags[idx]).astype(np.int32)
+    py = events.b.finish()
+    order = np.argsort(np.concatenate([idx, np.array(py_line, np.int64)]), kind="stable")
+    cols = [np.concatenate([f, p])[order].astype(p.dtype) for f, p in zip(
+        (f_kind, f_arg0, a1[idx], f_set, f_clr, f_flags), py.columns(), strict=True)]
+
+    trace = Trace(machine=m, events=EventArrays(*cols), checkpoints=events.checkpoints)
     trace.meta.update({
         "format": "native",
         "native_version": VERSION,
         "machine_source": source,
-        "page_allocs": events.n_alloc,
-        "page_frees": events.n_free,
+        "page_allocs": events.n_alloc + int(np.count_nonzero(k == N_ALLOC)),
+        "page_frees": events.n_free + int(np.count_nonzero(k == N_FREE)),
         "skipped_lines": errs.skipped,
         "first_skipped": str(errs.first) if errs.first else None,
     })
