@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .scan_util import hex_digit
+
 SCAN_BLANK = 0
 SCAN_OTHER = 1  # the Python reader looks at it
 SCAN_ALLOC = 2  # kmem:mm_page_alloc
@@ -67,14 +69,8 @@ def _number(buf, pos, end):
     if pos + 1 < end and buf[pos] == 48 and (buf[pos + 1] == 120 or buf[pos + 1] == 88):
         pos += 2
         while pos < end:
-            c = buf[pos]
-            if 48 <= c <= 57:
-                d = c - 48
-            elif 97 <= c <= 102:
-                d = c - 87
-            elif 65 <= c <= 70:
-                d = c - 55
-            else:
+            d = hex_digit(buf[pos])
+            if d < 0:
                 break
             v = (v << np.uint64(4)) | np.uint64(d)
             ok = True

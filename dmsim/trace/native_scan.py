@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .scan_util import hex_digit
+
 N_OTHER = 0
 N_CPA_DIRECT = 1
 N_CPA_HIGHMAP = 2
@@ -52,14 +54,8 @@ def _hex(buf, pos, end):
     v = np.uint64(0)
     n = 0
     while pos < end and buf[pos] != 32:
-        c = buf[pos]
-        if 48 <= c <= 57:
-            d = c - 48
-        elif 97 <= c <= 102:
-            d = c - 87
-        elif 65 <= c <= 70:
-            d = c - 55
-        else:
+        d = hex_digit(buf[pos])
+        if d < 0:
             return np.uint64(0), -1
         if n == 16:
             return np.uint64(0), -1  # wider than 64 bits
