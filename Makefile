@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_TRACE := traces/real/vm4g-modules-bpf-secretmem.trace.gz
 
-.PHONY: venv demo test test-fast bench lint clean record-real
+.PHONY: venv demo test bench lint clean record-real traces-readme
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(STAMP)
 # Re-record the real traces under qemu (slow; not part of CI). See record/README.md.
 record-real:
 	bash record/harness.sh
+
+traces-readme: $(STAMP)
+	$(BIN)/python record/traces_readme.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -153,3 +153,19 @@ def test_machine_override(runner, tmp_path):
     a = runner.invoke(cli, ["replay", "--format", "meminfo", REAL]).stdout
     b = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, REAL]).stdout
     assert a == b
+
+
+def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
+    # the kernel read vmstat before a kworker's split that the trace orders first
+    text = SMALL.replace("step one\ncheck direct_map_level2_splits 1\n",
+                         "step one\ncheck direct_map_level2_splits 1\n"
+                         "sample\ncpa direct 0x20000 1 set=0x0 clr=0x2 primary\n"
+                         "check direct_map_level2_splits 1\n")
+    p = tmp_path / "w.trace"
+    p.write_text(text.replace("check DirectMap4k 6004", "check DirectMap4k 8052")
+                     .replace("check DirectMap2M 2091008", "check DirectMap2M 2088960"))
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "passed 1..2 while read" in r.stdout
+    p.write_text(text.replace("sample\n", ""))  # no window: exact at the marker
+    assert runner.invoke(cli, ["replay", "--verify", str(p)]).exit_code == 1

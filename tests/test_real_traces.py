@@ -8,7 +8,8 @@ read-only through their direct-map aliases, before init_kprobe_trace()
 bulk allocator, which emits no mm_page_alloc events. So the kernel has split
 some leaves that no trace event names (dmsim/trace/preboot.py). Everything
 else is checked exactly:
-  - the split vmstat counters match at every checkpoint;
+  - the split vmstat counters match at every checkpoint (the kernel read them
+    somewhere inside the checkpoint's `dmsim: sample` window, where there is one);
   - the DirectMap difference is the same at every checkpoint (the residual is
     fixed at boot and nothing later diverges), and has the pack's shape:
     k whole 2M leaves split to 4K, and at most one 1G leaf split to 2M;
@@ -43,11 +44,12 @@ def replayed(request):
     return os.path.basename(request.param), build_result(simulate(t))
 
 
-def _residual(res) -> dict[str, set[int]]:
-    out: dict[str, set[int]] = {}
+def _residual(res) -> dict[str, int]:
+    """kernel - simulated for each DirectMap counter, at the first checkpoint."""
+    out: dict[str, int] = {}
     for c in res.checks:
         if c.counter.startswith("DirectMap"):
-            out.setdefault(c.counter, set()).add(c.kernel - c.simulated)
+            out.setdefault(c.counter, c.kernel - c.simulated)
     return out
 
 
@@ -72,14 +74,22 @@ def test_split_vmstat_matches_at_every_checkpoint(replayed):
 
 
 def test_directmap_residual_is_fixed_at_boot(replayed):
+    # the same offset at every later checkpoint (within a checkpoint's sample
+    # window when the recorder marked one: other tasks ran while it read)
     name, res = replayed
-    for counter, deltas in _residual(res).items():
-        assert len(deltas) == 1, f"{name}: {counter} differs by {sorted(deltas)} at different checkpoints"
+    first = _residual(res)
+    for c in res.checks:
+        if c.counter in first:
+            target = c.kernel - first[c.counter]
+            lo, hi = sorted(c.window) if c.window else (c.simulated, c.simulated)
+            assert lo <= target <= hi, (
+                f"{name} line {c.line}: {c.step} {c.counter}: kernel {c.kernel}, simulated "
+                f"{c.simulated} (window {c.window}), boot offset {first[c.counter]}")
 
 
 def test_directmap_residual_has_the_pack_shape(replayed):
     name, res = replayed
-    d = {k: v.pop() for k, v in _residual(res).items()}
+    d = _residual(res)
     gb = -d.get("DirectMap1G", 0) // (1 << 20)  # 1G leaves the kernel split that we did not
     assert gb in (0, 1), d
     k, rem = divmod(d["DirectMap4k"], 2048)  # 2M leaves the kernel split that we did not

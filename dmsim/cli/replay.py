@@ -91,5 +91,6 @@ def _print_verify(res) -> None:
         delta = c.simulated - c.kernel
         table.add_row(c.step, c.counter, str(c.kernel), str(c.simulated),
                       f"{delta:+d}" if delta else "0",
-                      "ok" if c.match else "[red]MISMATCH[/red]")
+                      ("ok" if not delta else f"ok: passed {c.window[0]}..{c.window[1]} while read")
+                      if c.match else "[red]MISMATCH[/red]")
     stdout_console().print(table)

@@ -23,6 +23,7 @@ NX = U64(C._PAGE_NX)
 PAT = U64(0x80)  # _PAGE_PAT (4K entries) shares bit 7 with _PAGE_PSE
 PAT_LARGE = U64(0x1000)  # _PAGE_PAT_LARGE
 ZERO = U64(0)
+KNL_ERRATUM_MASK = U64(C._PAGE_DIRTY | C._PAGE_ACCESSED)
 
 LEVEL_NONE = 0
 LEVEL_4K = 1
@@ -50,6 +51,15 @@ def pgprot_clear_protnone_bits(val):
 
 
 @njit(cache=True, inline="always")
+def pte_none(flags, pfn_is_zero):
+    """pte_none(): no bits but _PAGE_KNL_ERRATUM_MASK (DIRTY|ACCESSED). Entries
+    store flags with the pfn implicit, so only pfn 0 can look none while not 0."""
+    if flags == ZERO:
+        return True
+    return pfn_is_zero and (flags & ~KNL_ERRATUM_MASK) == ZERO
+
+
+@njit(cache=True, inline="always")
 def lookup_level(pud_state, pmd_state, pmd_table, pte, vpfn):
     """lookup_address(): (level, slot) of the entry that maps vpfn.
 
@@ -70,7 +80,7 @@ def lookup_level(pud_state, pmd_state, pmd_table, pte, vpfn):
     if ms == S.ENTRY_LEAF:
         return LEVEL_2M, pi
     row = pmd_table[pi]
-    if pte[row, vpfn & 511] == ZERO:
+    if pte_none(pte[row, vpfn & 511], vpfn == 0):
         return LEVEL_NONE, -1
     return LEVEL_4K, row
 

@@ -27,8 +27,8 @@ def cpa_fast_4k(vpfn, numpages, mask_set, mask_clr, pud_state, pmd_state, pmd_ta
     exactly what the general path does for it; returns False to leave a call
     to the general path."""
     j = vpfn & 511
-    if numpages > 512 - j or vpfn < 0 or vpfn + numpages > params[S.P_HIGHMAP_VPFN]:
-        return False
+    if numpages > 512 - j or vpfn <= 0 or vpfn + numpages > params[S.P_HIGHMAP_VPFN]:
+        return False  # (pfn 0 has its own pte_none() rule: general path)
     if not (vpfn > params[S.P_RODATA_EPFN] or vpfn + numpages - 1 < params[S.P_RODATA_SPFN]):
         return False  # protect_rodata() could apply
     if pud_state[vpfn >> 18] != S.ENTRY_TABLE or pmd_state[vpfn >> 9] != S.ENTRY_TABLE:

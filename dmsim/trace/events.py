@@ -80,15 +80,26 @@ class EventBuilder:
         return EventArrays(*(c[: self.n].copy() for c in self._cols))
 
 
+SAMPLE = "sample"  # the counter name of a window-opening checkpoint
+
+
 @dataclass
 class Checkpoint:
-    """A counter value the kernel reported at a point in the trace."""
+    """A counter value the kernel reported at a point in the trace.
+
+    The recorder reads /proc/vmstat and /proc/meminfo after writing a `sample`
+    marker and before writing the values; other tasks can change the direct map
+    in between, so the kernel's value belongs somewhere in that window. A
+    checkpoint whose counter is SAMPLE marks a window's start; `window` is the
+    index of the one this value belongs to (-1: no window, exact at the marker).
+    """
 
     index: int  # snapshot index (EV_CHECKPOINT arg0)
     step: str
-    counter: str  # direct_map_level2_splits, DirectMap4k, ...
+    counter: str  # direct_map_level2_splits, DirectMap4k, ... or SAMPLE
     value: int  # vmstat: events; meminfo: kB
     line: int
+    window: int = -1
 
 
 @dataclass

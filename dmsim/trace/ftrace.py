@@ -30,6 +30,7 @@ from .events import (
     EV_FREE,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
+    SAMPLE,
     Checkpoint,
     EventArrays,
     EventBuilder,
@@ -85,6 +86,7 @@ def parse_ftrace(text: str | bytes, path: str, lenient: bool = False,
     checkpoints: list[Checkpoint] = []
     markers: list[tuple[int, int, int]] = []  # (line index, EV_*, arg0)
     step = "boot"
+    window = -1  # the open `dmsim: sample` window, if any
     seen_running = False
     meminfo_seen: set[str] = set()
 
@@ -129,12 +131,18 @@ def parse_ftrace(text: str | bytes, path: str, lenient: bool = False,
                 kallsyms[words[1]] = _int(words[2])
             elif what == "step":
                 step = " ".join(words[1:])
+                window = -1
+            elif what == SAMPLE:
+                checkpoints.append(Checkpoint(len(checkpoints), step, SAMPLE, 0, lineno))
+                markers.append((li, EV_CHECKPOINT, checkpoints[-1].index))
+                window = checkpoints[-1].index
             elif what in ("vmstat", "meminfo"):
                 name = words[1].rstrip(":")
                 if name in METERED:
                     if what == "meminfo":
                         meminfo_seen.add(name)
-                    checkpoints.append(Checkpoint(len(checkpoints), step, name, int(words[2]), lineno))
+                    checkpoints.append(Checkpoint(len(checkpoints), step, name, int(words[2]),
+                                                  lineno, window))
                     markers.append((li, EV_CHECKPOINT, checkpoints[-1].index))
             # other markers (end, notes) carry no state
         except (ValueError, IndexError):

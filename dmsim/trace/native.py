@@ -35,6 +35,7 @@ from .events import (
     EV_FREE,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
+    SAMPLE,
     SPACE_DIRECT,
     SPACE_HIGHMAP,
     Checkpoint,
@@ -50,7 +51,7 @@ VERSION = 1
 COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
             "DirectMap4k", "DirectMap2M", "DirectMap1G")
 HEADER_WORDS = ("machine", "e820", "gbpages", "kernel", "reserve", "overflow")
-EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check")
+EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check", "sample")
 KERNEL_KEYS = ("text", "etext", "start_rodata", "end_rodata", "end_rodata_hpage_align",
                "end", "phys_base")
 MAX_ORDER = 10  # highest buddy order in 6.1 (MAX_ORDER - 1: a block of 1024 pages)
@@ -240,6 +241,7 @@ class _Events:
         self.b = EventBuilder(4096)
         self.checkpoints: list[Checkpoint] = []
         self.step = "boot"
+        self.window = -1  # the open `sample` window, if any
         self.max_pfn = machine.max_pfn()
         self.highmap_vpfn = highmap_vpfn(machine)
         ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
@@ -258,11 +260,18 @@ class _Events:
             if tokens[1] not in COUNTERS:
                 raise _Bad(f"unknown counter {tokens[1]!r} (one of {', '.join(COUNTERS)})")
             value = _dec(tokens[2], tokens[1])
-            cp = Checkpoint(len(self.checkpoints), self.step, tokens[1], value, lineno)
+            cp = Checkpoint(len(self.checkpoints), self.step, tokens[1], value, lineno, self.window)
             self.checkpoints.append(cp)
             self.b.append(EV_CHECKPOINT, cp.index)
         elif word == "step":
             self.step = text.strip()[len("step"):].strip()
+            self.window = -1
+        elif word == SAMPLE:
+            _nargs(tokens, 1, SAMPLE)
+            cp = Checkpoint(len(self.checkpoints), self.step, SAMPLE, 0, lineno)
+            self.checkpoints.append(cp)
+            self.b.append(EV_CHECKPOINT, cp.index)
+            self.window = cp.index
         elif word == "system_running":
             _nargs(tokens, 1, "system_running")
             self.b.append(EV_SYSTEM_RUNNING)
@@ -520,14 +529,14 @@ def write_native(trace: Trace, out: TextIO) -> None:
                 raise ValueError(f"EV_CHECKPOINT refers to checkpoint {a0}: "
                                  + ("used twice" if cp else "no such checkpoint"))
             used.add(a0)
-            if cp.counter not in COUNTERS:
+            if cp.counter not in COUNTERS and cp.counter != SAMPLE:
                 raise ValueError(f"checkpoint counter {cp.counter!r} is not one of {COUNTERS}")
             if cp.step != step:
                 if cp.step != cp.step.strip() or "\n" in cp.step:
                     raise ValueError(f"step name {cp.step!r} has surrounding blanks or a newline")
                 step = cp.step
                 buf.append(f"step {step}\n" if step else "step\n")
-            buf.append(f"check {cp.counter} {cp.value}\n")
+            buf.append(f"{SAMPLE}\n" if cp.counter == SAMPLE else f"check {cp.counter} {cp.value}\n")
         elif kind == EV_SYSTEM_RUNNING:
             buf.append("system_running\n")
         elif kind == EV_KERNEL_RO:
