@@ -103,3 +103,11 @@ def test_overflow_is_reported():
 def test_no_e820_needs_a_machine():
     with pytest.raises(TraceError, match="--machine"):
         parse_ftrace("\n".join(SHAPES["trace-6.1"]), "t")
+
+
+def test_array_calls_replay_their_first_page_and_warn():
+    line = SHAPES["trace-6.1"][1].replace("numpages=1 ", "numpages=7 ").replace("flags=0", "flags=2")
+    t = parse([line])
+    cpa = t.events.kind == EV_CPA
+    assert list(t.events.arg1[cpa]) == [1]
+    assert t.meta["cpa_array_calls"] == 1

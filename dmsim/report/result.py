@@ -88,6 +88,9 @@ def build_result(r: Replayed) -> Result:
         a, b = t.meta["entries"]
         warnings.append(f"the ftrace ring buffer overflowed ({a} of {b} entries kept): "
                         "the oldest events are lost and the replay cannot be exact")
+    if t.meta.get("cpa_array_calls"):
+        warnings.append(f"{t.meta['cpa_array_calls']} CPA_ARRAY/CPA_PAGES_ARRAY calls: the trace "
+                        "names only their first page, so only that page is replayed")
     if t.meta.get("skipped_lines"):
         warnings.append(f"{t.meta['skipped_lines']} bad lines skipped (--lenient); "
                         f"first: {t.meta.get('first_skipped')}")

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..core.constants import (
     _PAGE_RW,
+    CPA_ARRAY,
+    CPA_PAGES_ARRAY,
     KERNEL_IMAGE_SIZE,
     PAGE_SHIFT,
     PUD_PAGES,
@@ -231,6 +233,10 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     high = off_high < u(KERNEL_IMAGE_SIZE)
     outside = ~direct & (off_direct < u(1 << 46))  # direct-map address past RAM
     keep = direct | high
+    # CPA_ARRAY / CPA_PAGES_ARRAY calls walk an array of addresses; the kprobe
+    # fetches only the first (+0(+0(%di))), so only that page can be replayed
+    array = (f[:, 4] & u(CPA_ARRAY | CPA_PAGES_ARRAY)) != 0
+    f[array, 1] = 1
     primary = f[:, 5].astype(np.int64) != 0
     vpfn = np.where(direct, (off_direct >> u(PAGE_SHIFT)).astype(np.int64),
                     highmap_vpfn + (off_high >> u(PAGE_SHIFT)).astype(np.int64))
@@ -279,5 +285,6 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     t = Trace(machine=machine, events=ev, checkpoints=checkpoints)
     t.meta["cpa_vmalloc"] = int((~keep & ~outside).sum())
     t.meta["cpa_outside_ram"] = int(outside.sum())
+    t.meta["cpa_array_calls"] = int((array & keep).sum())
     t.meta["preboot_calls"] = preboot  # where idt_table/.smp_locks came from ("" = not modelled)
     return t
