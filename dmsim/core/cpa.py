@@ -259,6 +259,11 @@ def change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_
     cur = vpfn
     while rem > 0:
         level, slot = lookup_level(pud_state, pmd_state, pmd_table, pte, cur)
+        if slot == 0 and (level == LEVEL_2M or level == LEVEL_1G):
+            # pmd_none()/pud_none() of the leaf mapping pfn 0 (see pte_none())
+            lp = pmd_prot[0] if level == LEVEL_2M else pud_prot[0]
+            if (lp & ~KNL_ERRATUM_MASK) == ZERO:
+                level = LEVEL_NONE
         if level == LEVEL_4K:
             i = cur & 511
             new_prot = (pte[slot, i] & ~mask_clr) | mask_set
