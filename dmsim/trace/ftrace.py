@@ -48,7 +48,6 @@ E820_UPDATE_RE = re.compile(
 E820_REMOVE_RE = re.compile(r"e820: remove \[mem (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\] (\S+)")
 DMESG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 ENTRIES_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
-KV_RE = re.compile(r"(\w+)=(\S+)")
 
 KMEM_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched")
 CPA_EVENTS = ("cpa", "dmsim/cpa")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import lzma
 import sys
 
@@ -57,7 +56,3 @@ def read_text(path: str) -> tuple[str, str]:
     """(text, sha256 of the bytes as given): decompressed and decoded."""
     data, digest = read_data(path)
     return data.decode("utf-8", errors="replace"), digest
-
-
-def lines_of(text: str) -> list[str]:
-    return io.StringIO(text).read().split("\n")
