@@ -43,7 +43,7 @@ from .events import (
     EventBuilder,
     Trace,
 )
-from .native_scan import N_ALLOC, N_CPA_DIRECT, N_CPA_HIGHMAP, N_FREE, N_OTHER
+from .native_scan import convert_events
 from .native_scan import scan as native_scan
 
 MAGIC = "dmsim-trace"
@@ -414,56 +414,43 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
             errs.bad(li + 1, str(e), line)
 
     li = 1
-    while li < nlines and events is None:  # the header, up to the first event line
+    while li < nlines:  # the header, up to the first event line
+        first_word = line_text(li).split(maxsplit=1)[:1]
+        if first_word and first_word[0] in EVENT_WORDS:
+            break
         python_line(li)
         li += 1
     body = li
     if events is None:
-        m, source = header.finish(0, machine)  # no event line to blame
+        # the first event line, or the end of the file, closes the header
+        m, source = header.finish(body + 1 if body < nlines else 0, machine)
         events = _Events(m)
     m = events.machine
 
-    # canonical event lines: check them all at once
-    fast = np.zeros(nlines, bool)
-    fast[body:] = kind[body:] != N_OTHER
-    idx = np.nonzero(fast)[0]
-    k, v, cnt = kind[idx], a0[idx].astype(np.int64), a1[idx]
-    big = a0[idx] >= np.uint64(1 << 62)
-    end = v + np.where(k <= N_CPA_HIGHMAP, cnt, np.left_shift(1, np.clip(cnt, 0, 62)))
-    ok = ~big
-    ok &= np.where(k == N_CPA_DIRECT, (v < events.max_pfn) & (end <= events.max_pfn), True)
-    ok &= np.where(k == N_CPA_HIGHMAP, (v < HIGHMAP_PAGES) & (end <= HIGHMAP_PAGES), True)
-    page = (k == N_ALLOC) | (k == N_FREE)
-    rs, re_ = np.array(events.ram_start, np.int64), np.array(events.ram_end, np.int64)
-    r = np.searchsorted(rs, v, side="right") - 1
-    in_ram = (r >= 0) & (end <= re_[np.clip(r, 0, len(re_) - 1)])
-    aligned = (v & (np.left_shift(1, np.clip(cnt, 0, 62)) - 1)) == 0
-    ok &= np.where(page, (cnt <= MAX_ORDER) & aligned & in_ram & (mflags[idx] < MIGRATE_TYPES), True)
-    fast[idx[~ok]] = False  # the Python path will say what is wrong
-
-    for li in (np.nonzero(~fast[body:])[0] + body).tolist():
+    # canonical event lines: checked and converted in bulk, in line order
+    other, *fast_cols, fast_line = convert_events(
+        kind, a0, a1, mset, mclr, mflags, body, events.max_pfn, events.highmap_vpfn,
+        HIGHMAP_PAGES, np.array(events.ram_start, np.int64), np.array(events.ram_end, np.int64),
+        MAX_ORDER, MIGRATE_TYPES, EV_CPA, EV_ALLOC, EV_FREE)
+    for li in np.nonzero(other)[0].tolist():  # the Python path says what is wrong
         python_line(li)
 
-    idx = np.nonzero(fast)[0]
-    k = kind[idx]
-    is_cpa = k <= N_CPA_HIGHMAP
-    f_kind = np.where(is_cpa, EV_CPA, np.where(k == N_ALLOC, EV_ALLOC, EV_FREE)).astype(np.uint8)
-    f_arg0 = a0[idx].astype(np.int64) + np.where(k == N_CPA_HIGHMAP, events.highmap_vpfn, 0)
-    f_set = np.where(is_cpa, mset[idx], np.uint64(0))
-    f_clr = np.where(is_cpa, mclr[idx], np.uint64(0))
-    f_flags = np.where(k == N_FREE, 0, mflags[idx]).astype(np.int32)
     py = events.b.finish()
-    order = np.argsort(np.concatenate([idx, np.array(py_line, np.int64)]), kind="stable")
-    cols = [np.concatenate([f, p])[order].astype(p.dtype) for f, p in zip(
-        (f_kind, f_arg0, a1[idx], f_set, f_clr, f_flags), py.columns(), strict=True)]
+    if len(py) == 0:
+        cols = fast_cols
+    else:
+        order = np.argsort(np.concatenate([fast_line, np.array(py_line, np.int64)]), kind="stable")
+        cols = [np.concatenate([f, p])[order].astype(p.dtype)
+                for f, p in zip(fast_cols, py.columns(), strict=True)]
+    k_fast = fast_cols[0]
 
     trace = Trace(machine=m, events=EventArrays(*cols), checkpoints=events.checkpoints)
     trace.meta.update({
         "format": "native",
         "native_version": VERSION,
         "machine_source": source,
-        "page_allocs": events.n_alloc + int(np.count_nonzero(k == N_ALLOC)),
-        "page_frees": events.n_free + int(np.count_nonzero(k == N_FREE)),
+        "page_allocs": events.n_alloc + int(np.count_nonzero(k_fast == EV_ALLOC)),
+        "page_frees": events.n_free + int(np.count_nonzero(k_fast == EV_FREE)),
         "skipped_lines": errs.skipped,
         "first_skipped": str(errs.first) if errs.first else None,
     })

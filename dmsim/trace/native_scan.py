@@ -189,3 +189,67 @@ def scan(data: bytes):
     buf = np.frombuffer(data, np.uint8)
     return scan_native(buf, P_CPA_DIRECT, P_CPA_HIGHMAP, P_ALLOC, P_FREE, P_SET, P_CLR, P_MT,
                        P_PRIMARY, P_FORCE)
+
+
+@njit(cache=True)
+def convert_events(kind, a0, a1, mset, mclr, mflags, body, max_pfn, highmap_vpfn, highmap_pages,
+                   ram_start, ram_end, max_order, nr_migratetypes,
+                   ev_cpa, ev_alloc, ev_free):
+    """Range-check the canonical event lines from line `body` on and turn the
+    good ones into event columns, in line order. Lines that fail a check (and
+    every other line) are flagged for the Python reader, which names the error.
+    The checks are the Python reader's: a direct range inside max_pfn, a
+    high-map range inside its 1 GiB, an alloc/free block order <= max_order,
+    aligned, inside one RAM range, migratetype < nr_migratetypes."""
+    n = kind.shape[0]
+    other = np.zeros(n, np.bool_)
+    o_kind = np.zeros(n, np.uint8)
+    o_a0 = np.zeros(n, np.int64)
+    o_a1 = np.zeros(n, np.int64)
+    o_set = np.zeros(n, np.uint64)
+    o_clr = np.zeros(n, np.uint64)
+    o_fl = np.zeros(n, np.int32)
+    o_line = np.zeros(n, np.int64)
+    m = 0
+    for li in range(body, n):
+        k = kind[li]
+        if k == N_OTHER:
+            other[li] = True
+            continue
+        if a0[li] >= np.uint64(1 << 62):
+            other[li] = True
+            continue
+        v = np.int64(a0[li])
+        c = a1[li]
+        ok = True
+        if k == N_CPA_DIRECT:
+            ok = v < max_pfn and v + c <= max_pfn
+        elif k == N_CPA_HIGHMAP:
+            ok = v < highmap_pages and v + c <= highmap_pages
+        else:
+            if c > max_order or mflags[li] >= nr_migratetypes:
+                ok = False
+            else:
+                size = np.int64(1) << c
+                if v & (size - 1):
+                    ok = False
+                else:
+                    r = np.searchsorted(ram_start, v, side="right") - 1
+                    ok = r >= 0 and v + size <= ram_end[r]
+        if not ok:
+            other[li] = True
+            continue
+        if k == N_CPA_DIRECT or k == N_CPA_HIGHMAP:
+            o_kind[m] = ev_cpa
+            o_a0[m] = v + (highmap_vpfn if k == N_CPA_HIGHMAP else 0)
+            o_set[m] = mset[li]
+            o_clr[m] = mclr[li]
+            o_fl[m] = mflags[li]
+        else:
+            o_kind[m] = ev_alloc if k == N_ALLOC else ev_free
+            o_a0[m] = v
+            o_fl[m] = mflags[li] if k == N_ALLOC else 0
+        o_a1[m] = c
+        o_line[m] = li
+        m += 1
+    return (other, o_kind[:m], o_a0[:m], o_a1[:m], o_set[:m], o_clr[:m], o_fl[:m], o_line[:m])
