@@ -1,0 +1,492 @@
+"""A slow, obvious model of the Linux 6.1 page allocator, for checking dmsim.core.buddy.
+
+Written from mm/page_alloc.c (6.1.y), not from the numba core: free lists are Python
+lists (index 0 is the list head), page state lives in dicts keyed by pfn. Same
+semantics as the core, including per-CPU lists, list order and counters; see
+dmsim/core/buddy.py for what is deliberately not modelled.
+"""
+
+from __future__ import annotations
+
+from ..core.zones import pcp_defaults
+
+MAX_NR_ZONES = 3
+ZONE_NORMAL = 2
+
+MAX_ORDER = 11
+PAGEBLOCK_ORDER = 9
+PAGEBLOCK_NR_PAGES = 512
+COSTLY = 3  # PAGE_ALLOC_COSTLY_ORDER
+UNMOVABLE, MOVABLE, RECLAIMABLE, HIGHATOMIC = 0, 1, 2, 3
+PCPTYPES = 3
+NTYPES = 5
+NR_LOW_PCP = PCPTYPES * (COSTLY + 1)  # 12 lists for orders 0-3, then one THP list
+
+FALLBACKS = {
+    UNMOVABLE: [RECLAIMABLE, MOVABLE],
+    MOVABLE: [RECLAIMABLE, UNMOVABLE],
+    RECLAIMABLE: [UNMOVABLE, MOVABLE],
+}
+
+STAT_KEYS = ("nr_free_pages_dma", "nr_free_pages_dma32", "nr_free_pages_normal",
+             "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgfree", "alloc_fail",
+             "alloc_fail_pages", "extfrag", "extfrag_fragmenting", "pageblock_claimed",
+             "pcp_refill", "pcp_drain", "bad_free", "nr_alloc", "nr_free_calls")
+
+
+class Zone:
+    def __init__(self, idx, start, end, present):
+        self.idx = idx
+        self.start = start
+        self.end = end
+        self.present = present
+        self.managed = 0
+        self.nr_free_pages = 0  # NR_FREE_PAGES
+        # free_area[order].free_list[mt]
+        self.free = [[[] for _ in range(NTYPES)] for _ in range(MAX_ORDER)]
+        self.pcp = [[] for _ in range(NR_LOW_PCP + 1)]  # pcp->lists[pindex]
+        self.pcp_count = 0
+        self.pcp_high = 0
+        self.pcp_batch = 1
+        self.free_factor = 0
+        self.wmark_min = 0
+        self.wmark_low = 0
+
+    def spans(self, pfn):
+        return self.start <= pfn < self.end
+
+
+class RefBuddy:
+    """The allocator after memblock_free_all(); alloc()/free() mirror __alloc_pages/__free_pages."""
+
+    def __init__(self, memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp=True, pcp_thp=True,
+                 pcp_batch_high=None, nr_cpus=1, nofragment=True, pcp_batch_scale_max=5):
+        self.pcp_on = pcp
+        self.thp = pcp_thp
+        self.nofragment = nofragment
+        self.scale_max = pcp_batch_scale_max
+        self.nr_pcp_lists = NR_LOW_PCP + 1 if pcp_thp else NR_LOW_PCP
+        mem = sorted((int(s), int(e)) for s, e in memory_pfn_ranges if e > s)
+        self.zones = _zones(mem)
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.buddy = {}  # pfn -> order for PageBuddy heads
+        self.list_mt = {}  # pfn -> the free list (mt) the buddy page sits on
+        self.pcp_mt = {}  # pfn -> page->index of a page on a pcp list
+        self.allocated = {}  # pfn -> order of allocated blocks
+        self.lru = set()  # pfns that move_freepages() counts as movable
+        self.pageblock = {}  # pageblock number -> migratetype; absent means 0
+        # memmap_init(): pageblock-aligned pfns of memory get MIGRATE_MOVABLE
+        for s, e in mem:
+            for zone in self.zones:
+                lo, hi = max(s, zone.start), min(e, zone.end)
+                first = -(-lo // PAGEBLOCK_NR_PAGES) * PAGEBLOCK_NR_PAGES
+                for pfn in range(first, hi, PAGEBLOCK_NR_PAGES):
+                    self.pageblock[pfn // PAGEBLOCK_NR_PAGES] = MOVABLE
+        # memblock_free_all(): memory minus reserved, lowest first
+        reserved = sorted((int(s), int(e)) for s, e in reserved_pfn_ranges)
+        for s, e in mem:
+            for start, end in _minus(s, e, reserved):
+                self._free_pages_memory(start, end)
+        managed = [z.managed for z in self.zones]
+        if pcp_batch_high is None:
+            bh = pcp_defaults(managed, nr_cpus=nr_cpus, thp_recommended=pcp_thp)
+        elif isinstance(pcp_batch_high, tuple):
+            bh = [pcp_batch_high] * MAX_NR_ZONES
+        else:
+            bh = list(pcp_batch_high)
+        for zone, (batch, high) in zip(self.zones, bh, strict=True):
+            zone.pcp_batch, zone.pcp_high = batch, high
+
+    # ---- helpers ------------------------------------------------------------------
+    def zone_of(self, pfn):
+        for zone in self.zones:
+            if zone.spans(pfn):
+                return zone
+        return None
+
+    def pageblock_mt(self, pfn):
+        return self.pageblock.get(pfn // PAGEBLOCK_NR_PAGES, UNMOVABLE)
+
+    def _free_pages_memory(self, start, end):
+        """__free_pages_memory(): order = min(MAX_ORDER - 1, __ffs(start)), shrunk to fit."""
+        while start < end:
+            order = MAX_ORDER - 1 if start == 0 else min(MAX_ORDER - 1, (start & -start).bit_length() - 1)
+            while start + (1 << order) > end:
+                order -= 1
+            zone = self.zone_of(start)
+            zone.managed += 1 << order  # __free_pages_core()
+            self._free_pages_ok(start, order, to_tail=True)
+            start += 1 << order
+
+    # ---- free lists -----------------------------------------------------------------
+    def _add(self, zone, pfn, order, mt, tail):
+        lst = zone.free[order][mt]
+        if tail:
+            lst.append(pfn)
+        else:
+            lst.insert(0, pfn)
+        self.buddy[pfn] = order
+        self.list_mt[pfn] = mt
+
+    def _del(self, zone, pfn, order):
+        zone.free[order][self.list_mt[pfn]].remove(pfn)
+        del self.buddy[pfn]
+        del self.list_mt[pfn]
+
+    def _move_tail(self, zone, pfn, order, mt):
+        zone.free[order][self.list_mt[pfn]].remove(pfn)
+        zone.free[order][mt].append(pfn)
+        self.list_mt[pfn] = mt
+
+    def _is_buddy(self, page, buddy, order):
+        if self.buddy.get(buddy) != order:
+            return False
+        return self.zone_of(page) is self.zone_of(buddy)
+
+    def _free_one_page(self, zone, pfn, order, mt, to_tail=False):
+        """__free_one_page()."""
+        zone.nr_free_pages += 1 << order
+        buddy_pfn = 0
+        while order < MAX_ORDER - 1:
+            buddy_pfn = pfn ^ (1 << order)
+            if not self._is_buddy(pfn, buddy_pfn, order):
+                break
+            if order >= PAGEBLOCK_ORDER:
+                bmt = self.pageblock_mt(buddy_pfn)
+                if mt != bmt and (mt >= PCPTYPES or bmt >= PCPTYPES):
+                    break
+            self._del(zone, buddy_pfn, order)
+            pfn = pfn & buddy_pfn
+            order += 1
+        if not to_tail and order < MAX_ORDER - 2:
+            # buddy_merge_likely(): is the merged block's own buddy free one order up?
+            higher = buddy_pfn & pfn
+            to_tail = self._is_buddy(higher, higher ^ (1 << (order + 1)), order + 1)
+        self._add(zone, pfn, order, mt, to_tail)
+
+    def _free_pages_ok(self, pfn, order, to_tail=False):
+        """__free_pages_ok()."""
+        zone = self.zone_of(pfn)
+        self._free_one_page(zone, pfn, order, self.pageblock_mt(pfn), to_tail)
+        self.stats["pgfree"] += 1 << order
+
+    # ---- allocation -----------------------------------------------------------------
+    def _rmqueue_smallest(self, zone, order, mt):
+        for co in range(order, MAX_ORDER):
+            lst = zone.free[co][mt]
+            if not lst:
+                continue
+            pfn = lst[0]
+            self._del(zone, pfn, co)
+            # expand(): upper halves to the head of mt's lists
+            high = co
+            while high > order:
+                high -= 1
+                self._add(zone, pfn + (1 << high), high, mt, tail=False)
+            self.pcp_mt[pfn] = mt  # set_pcppage_migratetype()
+            return pfn
+        return None
+
+    def _find_fallback(self, zone, order, mt):
+        """find_suitable_fallback(only_stealable=false)."""
+        if not any(zone.free[order][t] for t in range(NTYPES)):
+            return None, False
+        for fmt in FALLBACKS.get(mt, []):
+            if zone.free[order][fmt]:
+                can = order >= PAGEBLOCK_ORDER or order >= PAGEBLOCK_ORDER // 2 or mt in (RECLAIMABLE, UNMOVABLE)
+                return fmt, can
+        return None, False
+
+    def _set_pb(self, pb, mt):
+        if self.pageblock.get(pb, UNMOVABLE) != mt:
+            self.stats["pageblock_claimed"] += 1
+        self.pageblock[pb] = mt
+
+    def _steal(self, zone, pfn, start_type, whole_block):
+        """steal_suitable_fallback()."""
+        order = self.buddy[pfn]
+        pb = pfn // PAGEBLOCK_NR_PAGES
+        old = self.pageblock_mt(pfn)
+        if old == HIGHATOMIC:
+            self._move_tail(zone, pfn, order, start_type)
+            return
+        if order >= PAGEBLOCK_ORDER:
+            for i in range(1 << (order - PAGEBLOCK_ORDER)):
+                self._set_pb(pb + i, start_type)
+            self._move_tail(zone, pfn, order, start_type)
+            return
+        if not whole_block:
+            self._move_tail(zone, pfn, order, start_type)
+            return
+        # move_freepages_block()
+        start = pfn - pfn % PAGEBLOCK_NR_PAGES
+        end = start + PAGEBLOCK_NR_PAGES - 1
+        if not zone.spans(start):
+            start = pfn
+        moved = movable = 0
+        if zone.spans(end):
+            p = start
+            while p <= end:
+                if p in self.buddy:
+                    o = self.buddy[p]
+                    self._move_tail(zone, p, o, start_type)
+                    moved += 1 << o
+                    p += 1 << o
+                else:
+                    if p in self.lru:
+                        movable += 1
+                    p += 1
+        if start_type == MOVABLE:
+            alike = movable
+        elif old == MOVABLE:
+            alike = PAGEBLOCK_NR_PAGES - (moved + movable)
+        else:
+            alike = 0
+        if moved == 0:
+            self._move_tail(zone, pfn, order, start_type)
+            return
+        if moved + alike >= PAGEBLOCK_NR_PAGES // 2:
+            self._set_pb(pb, start_type)
+
+    def _rmqueue_fallback(self, zone, order, mt, nofrag):
+        """__rmqueue_fallback()."""
+        min_order = PAGEBLOCK_ORDER if (nofrag and order < PAGEBLOCK_ORDER) else order
+        chosen = None
+        for co in range(MAX_ORDER - 1, min_order - 1, -1):
+            fmt, can = self._find_fallback(zone, co, mt)
+            if fmt is None:
+                continue
+            if not can and mt == MOVABLE and co > order:
+                for so in range(order, MAX_ORDER):
+                    fmt2, can2 = self._find_fallback(zone, so, mt)
+                    if fmt2 is not None:
+                        chosen = (so, fmt2, can2)
+                        break
+            else:
+                chosen = (co, fmt, can)
+            break
+        if chosen is None:
+            return False
+        co, fmt, can = chosen
+        self._steal(zone, zone.free[co][fmt][0], mt, can)
+        self.stats["extfrag"] += 1
+        if co < PAGEBLOCK_ORDER:
+            self.stats["extfrag_fragmenting"] += 1
+        return True
+
+    def _rmqueue(self, zone, order, mt, nofrag):
+        """__rmqueue()."""
+        while True:
+            pfn = self._rmqueue_smallest(zone, order, mt)
+            if pfn is not None:
+                return pfn
+            if not self._rmqueue_fallback(zone, order, mt, nofrag):
+                return None
+
+    def _pcp_ok(self, order):
+        return order <= COSTLY or (self.thp and order == PAGEBLOCK_ORDER)
+
+    @staticmethod
+    def _pindex(mt, order):
+        return NR_LOW_PCP if order > COSTLY else PCPTYPES * order + mt
+
+    def _rmqueue_pcplist(self, zone, order, mt, nofrag):
+        """rmqueue_pcplist() / __rmqueue_pcplist() / rmqueue_bulk()."""
+        zone.free_factor >>= 1
+        lst = zone.pcp[self._pindex(mt, order)]
+        if not lst:
+            batch = zone.pcp_batch
+            if batch > 1:
+                batch = max(batch >> order, 2)
+            got = 0
+            for _ in range(batch):
+                pfn = self._rmqueue(zone, order, mt, nofrag)
+                if pfn is None:
+                    break
+                lst.append(pfn)
+                got += 1
+            zone.nr_free_pages -= got << order
+            self.stats["pcp_refill"] += 1
+            zone.pcp_count += got << order
+            if not lst:
+                return None
+        pfn = lst.pop(0)
+        zone.pcp_count -= 1 << order
+        self.stats["pgalloc_" + ("dma", "dma32", "normal")[zone.idx]] += 1 << order
+        return pfn
+
+    def _watermark_ok(self, zone, order, mark, highest):
+        """zone_watermark_fast() with lowmem_reserve 0."""
+        free = zone.nr_free_pages
+        if order == 0:
+            return free > mark
+        free -= (1 << order) - 1
+        if free <= mark:
+            return False
+        return any(zone.free[o][t] for o in range(order, MAX_ORDER) for t in range(PCPTYPES))
+
+    def _get_page_from_freelist(self, preferred, highest, order, mt, low_wmark, nofrag):
+        while True:
+            for zi in range(preferred, -1, -1):
+                zone = self.zones[zi]
+                if zone.present == 0:
+                    continue
+                mark = zone.wmark_low if low_wmark else zone.wmark_min
+                if not self._watermark_ok(zone, order, mark, highest):
+                    continue
+                pfn = None
+                if self.pcp_on and self._pcp_ok(order):
+                    pfn = self._rmqueue_pcplist(zone, order, mt, nofrag)
+                if pfn is None:
+                    pfn = self._rmqueue(zone, order, mt, nofrag)  # rmqueue_buddy()
+                    if pfn is not None:
+                        zone.nr_free_pages -= 1 << order
+                        self.stats["pgalloc_" + ("dma", "dma32", "normal")[zi]] += 1 << order
+                if pfn is not None:
+                    return pfn
+            if nofrag:
+                nofrag = False
+                continue
+            return None
+
+    def alloc(self, highest_zoneidx, order, mt):
+        """__alloc_pages(): pfn or -1."""
+        preferred = next((z for z in range(highest_zoneidx, -1, -1) if self.zones[z].present), None)
+        pfn = None
+        if preferred is not None:
+            nofrag = self.nofragment and preferred == ZONE_NORMAL
+            pfn = self._get_page_from_freelist(preferred, highest_zoneidx, order, mt, True, nofrag)
+            if pfn is None:
+                pfn = self._get_page_from_freelist(preferred, highest_zoneidx, order, mt, False, False)
+        if pfn is None:
+            self.stats["alloc_fail"] += 1
+            self.stats["alloc_fail_pages"] += 1 << order
+            return -1
+        self.allocated[pfn] = order
+        self.pcp_mt.pop(pfn, None)
+        if mt == MOVABLE:
+            self.lru.update(range(pfn, pfn + (1 << order)))
+        self.stats["nr_alloc"] += 1
+        return pfn
+
+    # ---- freeing --------------------------------------------------------------------
+    def _nr_pcp_free(self, zone, high, batch, free_high):
+        if free_high:
+            return zone.pcp_count
+        if high < batch:
+            return 1
+        lo, hi = batch, high - batch
+        batch <<= zone.free_factor
+        if batch < hi and zone.free_factor < self.scale_max:
+            zone.free_factor += 1
+        return min(max(batch, lo), hi)
+
+    def _free_pcppages_bulk(self, zone, count, pindex):
+        """free_pcppages_bulk(): round robin from pindex, oldest (tail) pages first."""
+        count = min(zone.pcp_count, count)
+        lo, hi = 0, self.nr_pcp_lists - 1
+        pindex -= 1
+        self.stats["pcp_drain"] += 1
+        while count > 0:
+            while True:
+                pindex += 1
+                if pindex > hi:
+                    pindex = lo
+                if zone.pcp[pindex]:
+                    break
+                if pindex == hi:
+                    hi -= 1
+                if pindex == lo:
+                    lo += 1
+            lst = zone.pcp[pindex]
+            order = PAGEBLOCK_ORDER if pindex == NR_LOW_PCP else pindex // PCPTYPES
+            while True:
+                pfn = lst.pop()
+                mt = self.pcp_mt.pop(pfn)
+                count -= 1 << order
+                zone.pcp_count -= 1 << order
+                self._free_one_page(zone, pfn, order, mt)
+                if not (count > 0 and lst):
+                    break
+
+    def free(self, pfn, order):
+        """__free_pages() -> free_the_page(); 0 or -1 (bad free, counted)."""
+        if self.allocated.get(pfn) != order:
+            self.stats["bad_free"] += 1
+            return -1
+        del self.allocated[pfn]
+        self.lru.difference_update(range(pfn, pfn + (1 << order)))
+        self.stats["nr_free_calls"] += 1
+        zone = self.zone_of(pfn)
+        if not (self.pcp_on and self._pcp_ok(order)):
+            self._free_pages_ok(pfn, order)
+            return 0
+        # free_unref_page(): page->index = pageblock type; highatomic goes on movable's list
+        mt = self.pageblock_mt(pfn)
+        self.pcp_mt[pfn] = mt
+        pcp_mt = MOVABLE if mt >= PCPTYPES else mt
+        self.stats["pgfree"] += 1 << order
+        pindex = self._pindex(pcp_mt, order)
+        zone.pcp[pindex].insert(0, pfn)
+        zone.pcp_count += 1 << order
+        free_high = zone.free_factor != 0 and 0 < order <= COSTLY
+        high = 0 if free_high else zone.pcp_high
+        if zone.pcp_count >= high:
+            n = self._nr_pcp_free(zone, high, zone.pcp_batch, free_high)
+            self._free_pcppages_bulk(zone, n, pindex)
+        return 0
+
+    def drain(self):
+        """drain_all_pages(NULL)."""
+        for zone in self.zones:
+            while zone.pcp_count > 0:
+                self._free_pcppages_bulk(zone, min(zone.pcp_count, zone.pcp_batch << self.scale_max), 0)
+
+    # ---- observation ----------------------------------------------------------------
+    def counters(self):
+        out = dict(self.stats)
+        for zone in self.zones:
+            out["nr_free_pages_" + ("dma", "dma32", "normal")[zone.idx]] = zone.nr_free_pages
+        return out
+
+    def free_lists(self):
+        return {(z.idx, o, t): list(z.free[o][t]) for z in self.zones
+                for o in range(MAX_ORDER) for t in range(NTYPES) if z.free[o][t]}
+
+    def pcp_lists(self):
+        return {(z.idx, i): list(z.pcp[i]) for z in self.zones for i in range(len(z.pcp)) if z.pcp[i]}
+
+    def pageblock_types(self, nr_pageblocks):
+        return [self.pageblock.get(pb, UNMOVABLE) for pb in range(nr_pageblocks)]
+
+
+def _zones(mem):
+    """free_area_init() on x86-64: max_zone_pfns = {16 MiB, 4 GiB, max_pfn}; each zone runs
+    from the previous zone's limit (the first from the start of DRAM) and is clamped to the
+    node's [first, last) memory pfn (zone_spanned_pages_in_node)."""
+    node_start, node_end = mem[0][0], max(e for _, e in mem)
+    zones = []
+    low = node_start
+    for idx, limit in enumerate([min(4096, node_end), min(1 << 20, node_end), node_end]):
+        high = max(limit, low)
+        start = min(max(node_start, low), high)
+        end = min(max(node_end, low), high)
+        present = sum(max(0, min(e, end) - max(s, start)) for s, e in mem)
+        zones.append(Zone(idx, start, end, present))
+        low = high
+    return zones
+
+
+def _minus(s, e, holes):
+    """[s, e) without the (sorted) holes, as [start, end) pieces in pfn order."""
+    out = []
+    cur = s
+    for hs, he in holes:
+        if he <= cur or hs >= e:
+            continue
+        if hs > cur:
+            out.append((cur, hs))
+        cur = max(cur, he)
+    if cur < e:
+        out.append((cur, e))
+    return out
