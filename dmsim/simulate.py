@@ -11,7 +11,9 @@ from .core import constants as C
 from .core.api import replay
 from .core.layout import init_mem_mapping
 from .core.state import DirectMapState
-from .trace.events import Trace
+from .trace.events import EV_H_ALLOC, EV_H_CPA, EV_H_FREE, EV_H_VFREE, EV_H_VMALLOC, Trace
+
+HANDLE_EVENTS = (EV_H_ALLOC, EV_H_FREE, EV_H_VMALLOC, EV_H_VFREE, EV_H_CPA)
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Replayed:
     boot: np.ndarray  # counters right after init_mem_mapping()
     state: DirectMapState
     snapshots: np.ndarray  # int64[len(checkpoints), NR_COUNTERS]
+    buddy: object = None  # core.buddy.BuddyState with simulated placement
 
     @property
     def counters(self) -> np.ndarray:
@@ -27,8 +30,20 @@ class Replayed:
 
 
 def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None) -> Replayed:
+    """Recorded placement, or simulated placement when the trace names
+    allocations by handle (then `buddy` holds the allocator's final state)."""
     st = init_mem_mapping(trace.machine)
     boot = st.counters.copy()
+    kinds = trace.events.kind
+    if np.isin(kinds, HANDLE_EVENTS).any():
+        from .core.api import place
+        from .core.buddy import buddy_from_machine
+
+        buddy = buddy_from_machine(trace.machine)
+        snaps = place(st, buddy, trace.events.columns(), len(trace.checkpoints),
+                      int(trace.meta.get("handles", 0)), int(trace.meta.get("vmalloc_pages", 0)),
+                      progress)
+        return Replayed(trace, boot, st, snaps, buddy)
     snaps = replay(st, trace.events.columns(), len(trace.checkpoints), progress)
     return Replayed(trace, boot, st, snaps)
 

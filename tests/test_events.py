@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dmsim.core import replay
+from dmsim.core import placement, replay
 from dmsim.trace import events
 
 
@@ -10,6 +10,10 @@ def test_event_kinds_and_flags_agree():
     for name in ("EV_CPA", "EV_SYSTEM_RUNNING", "EV_KERNEL_RO", "EV_CHECKPOINT",
                  "CPAF_PRIMARY", "CPAF_FORCE_SPLIT"):
         assert getattr(replay, name) == getattr(events, name), name
+        assert getattr(placement, name) == getattr(events, name), name
+    for name in ("EV_H_ALLOC", "EV_H_FREE", "EV_H_VMALLOC", "EV_H_VFREE", "EV_H_CPA",
+                 "VFREE_RESET_PERMS"):
+        assert getattr(placement, name) == getattr(events, name), name
 
 
 def test_event_builder_grows_and_keeps_order():

@@ -8,7 +8,9 @@ import sys
 import click
 
 from .common import (
+    EXIT_BAD_INPUT,
     EXIT_FAIL,
+    die,
     handle_errors,
     lenient_option,
     machine_option,
@@ -17,13 +19,15 @@ from .common import (
     trace_argument,
 )
 
-FORMATS = ("vmstat", "meminfo", "json")
+FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
 
 
 @click.command()
 @trace_argument
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="vmstat", show_default=True,
-              help="vmstat: /proc/vmstat lines; meminfo: /proc/meminfo DirectMap lines; json.")
+              help="vmstat: /proc/vmstat lines; meminfo: /proc/meminfo DirectMap lines; json; "
+                   "buddyinfo, pagetypeinfo: /proc files of the simulated allocator (traces that "
+                   "name allocations by handle).")
 @click.option("--verify", is_flag=True,
               help="Compare with every kernel checkpoint in the trace; exit 1 on any mismatch.")
 @lenient_option
@@ -59,8 +63,18 @@ def replay(trace, fmt, verify, lenient, machine_path, progress):
         err.print(f"[yellow]warning:[/yellow] {w}")
 
     out = sys.stdout
-    if fmt == "json":
-        out.write(json.dumps(res.to_json(), indent=2, sort_keys=False) + "\n")
+    if fmt in ("buddyinfo", "pagetypeinfo"):
+        if r.buddy is None:
+            die(f"--format {fmt} needs simulated placement: a trace that names allocations "
+                "by handle (page_alloc, vmalloc, ...)", EXIT_BAD_INPUT)
+        from ..report import buddy as buddy_report
+
+        out.write(getattr(buddy_report, fmt)(r.buddy))
+    elif fmt == "json":
+        doc = res.to_json()
+        if r.buddy is not None:
+            doc["allocator"] = r.buddy.counters()
+        out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     elif verify:
         _print_verify(res)
     elif fmt == "meminfo":

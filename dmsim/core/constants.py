@@ -55,4 +55,6 @@ NR_CPA_CALLS = 7  # __change_page_attr_set_clr() calls applied
 NR_CPA_FAULTS = 8  # __cpa_process_fault() hits
 NR_CPA_EFAULT = 9  # calls aborted with -EFAULT
 NR_PTE_TABLES = 10  # page-table pages allocated by split_large_page()
+NR_HANDLE_ERRORS = 11  # simulated placement: events on a handle that is not live
+NR_PT_ALLOC_FAIL = 12  # simulated placement: page-table pages the buddy could not give
 NR_COUNTERS = 16

@@ -82,6 +82,8 @@ def build_result(r: Replayed) -> Result:
     c = r.counters
     stats = {"cpa_calls": int(c[C.NR_CPA_CALLS]), "cpa_faults": int(c[C.NR_CPA_FAULTS]),
              "cpa_efault": int(c[C.NR_CPA_EFAULT]), "pte_tables": int(c[C.NR_PTE_TABLES]),
+             "handle_errors": int(c[C.NR_HANDLE_ERRORS]),
+             "pte_table_alloc_failures": int(c[C.NR_PT_ALLOC_FAIL]),
              "cpa_vmalloc_skipped": int(t.meta.get("cpa_vmalloc", 0))}
     warnings = []
     if t.meta.get("overflow"):

@@ -23,6 +23,13 @@ EV_KERNEL_RO = 3  # mark_rodata_ro() sets kernel_set_to_readonly
 EV_CHECKPOINT = 4  # snapshot the counters (a kernel checkpoint follows it)
 EV_ALLOC = 5  # kmem:mm_page_alloc
 EV_FREE = 6  # kmem:mm_page_free / mm_page_free_batched
+# Simulated placement: events name allocations by handle; the allocator places them.
+EV_H_ALLOC = 7  # arg0 handle, arg1 order, flags migratetype | zone << 8: alloc_pages()
+EV_H_FREE = 8  # arg0 handle: __free_pages()
+EV_H_VMALLOC = 9  # arg0 handle, arg1 npages: vmalloc() of order-0 pages (module_alloc)
+EV_H_VFREE = 10  # arg0 handle, flags VFREE_RESET_PERMS: vfree()
+EV_H_CPA = 11  # arg0 handle, arg1 first << 32 | n, masks, CPAF_*: set_memory_*() on its pages
+VFREE_RESET_PERMS = 1  # the area has VM_FLUSH_RESET_PERMS (module, BPF memory)
 
 CPAF_PRIMARY = 1  # the call's `primary` (checkalias) argument
 CPAF_FORCE_SPLIT = 2  # cpa->force_split (set_memory_4k)

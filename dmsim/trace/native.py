@@ -23,7 +23,14 @@ from typing import TextIO
 
 import numpy as np
 
-from ..core.constants import KERNEL_IMAGE_SIZE, PAGE_SHIFT, PUD_PAGES
+from ..core.constants import (
+    _PAGE_NX,
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    KERNEL_IMAGE_SIZE,
+    PAGE_SHIFT,
+    PUD_PAGES,
+)
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError
 from .errors import LineErrors, TraceError
 from .events import (
@@ -33,11 +40,17 @@ from .events import (
     EV_CHECKPOINT,
     EV_CPA,
     EV_FREE,
+    EV_H_ALLOC,
+    EV_H_CPA,
+    EV_H_FREE,
+    EV_H_VFREE,
+    EV_H_VMALLOC,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
     SAMPLE,
     SPACE_DIRECT,
     SPACE_HIGHMAP,
+    VFREE_RESET_PERMS,
     Checkpoint,
     EventArrays,
     EventBuilder,
@@ -51,7 +64,19 @@ VERSION = 1
 COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
             "DirectMap4k", "DirectMap2M", "DirectMap1G")
 HEADER_WORDS = ("machine", "e820", "gbpages", "kernel", "reserve", "overflow")
-EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check", "sample")
+HANDLE_WORDS = ("page_alloc", "page_free", "vmalloc", "vfree", "set_memory", "hcpa")
+EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check",
+               "sample") + HANDLE_WORDS
+ZONES = {"dma": 0, "dma32": 1, "normal": 2}
+MAX_HANDLE = (1 << 31) - 1
+# set_memory_*() / set_direct_map_*() in mask terms (6.1; rox is 6.15's): (set, clr, force_split)
+SET_MEMORY = {
+    "ro": (0, _PAGE_RW, False), "rw": (_PAGE_RW, 0, False),
+    "x": (0, _PAGE_NX, False), "nx": (_PAGE_NX, 0, False),
+    "np": (0, _PAGE_PRESENT, False), "p": (_PAGE_PRESENT, 0, False),
+    "rox": (0, _PAGE_RW | _PAGE_NX, False), "4k": (0, 0, True),
+    "invalid": (0, _PAGE_PRESENT | _PAGE_RW, False), "default": (_PAGE_PRESENT | _PAGE_RW, 0, False),
+}
 KERNEL_KEYS = ("text", "etext", "start_rodata", "end_rodata", "end_rodata_hpage_align",
                "end", "phys_base")
 MAX_ORDER = 10  # highest buddy order in 6.1 (MAX_ORDER - 1: a block of 1024 pages)
@@ -242,6 +267,8 @@ class _Events:
         self.checkpoints: list[Checkpoint] = []
         self.step = "boot"
         self.window = -1  # the open `sample` window, if any
+        self.max_handle = -1  # simulated placement: the handle arrays' size
+        self.vmalloc_pages = 0  # simulated placement: the vmalloc pool's size
         self.max_pfn = machine.max_pfn()
         self.highmap_vpfn = highmap_vpfn(machine)
         ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
@@ -253,6 +280,8 @@ class _Events:
         word = tokens[0]
         if word == "cpa":
             self.cpa(tokens)
+        elif word in HANDLE_WORDS:
+            self.handle_event(tokens)
         elif word in ("alloc", "free"):
             self.page(tokens)
         elif word == "check":
@@ -323,6 +352,76 @@ class _Events:
         else:
             raise _Bad(f"cpa space must be direct or highmap, got {space!r}")
         self.b.append(EV_CPA, vpfn, numpages, mask_set, mask_clr, flags)
+
+    def handle(self, tok: str) -> int:
+        h = _dec(tok, "handle")
+        if h > MAX_HANDLE:
+            raise _Bad(f"handle {h} is above {MAX_HANDLE}")
+        self.max_handle = max(self.max_handle, h)
+        return h
+
+    def handle_event(self, tokens: list[str]) -> None:
+        """Events by handle: the simulated allocator places them."""
+        word = tokens[0]
+        if word == "page_alloc":
+            usage = "page_alloc <handle> <order> [mt=N] [zone=dma|dma32|normal]"
+            if not 3 <= len(tokens) <= 5:
+                raise _Bad(f"expected `{usage}`")
+            h, order = self.handle(tokens[1]), _dec(tokens[2], "order")
+            if order > MAX_ORDER:
+                raise _Bad(f"order {order} is above {MAX_ORDER}")
+            mt, zone = 0, ZONES["normal"]
+            for tok in tokens[3:]:
+                if tok.startswith("mt="):
+                    mt = _dec(tok[3:], "mt")
+                    if mt > 2:
+                        raise _Bad(f"migratetype {mt}: allocations ask for 0 (unmovable), "
+                                   "1 (movable) or 2 (reclaimable)")
+                elif tok.startswith("zone=") and tok[5:] in ZONES:
+                    zone = ZONES[tok[5:]]
+                else:
+                    raise _Bad(f"unexpected field {tok!r}; expected `{usage}`")
+            self.b.append(EV_H_ALLOC, h, order, flags=mt | zone << 8)
+        elif word == "page_free":
+            _nargs(tokens, 2, "page_free <handle>")
+            self.b.append(EV_H_FREE, self.handle(tokens[1]))
+        elif word == "vmalloc":
+            _nargs(tokens, 3, "vmalloc <handle> <npages>")
+            h, n = self.handle(tokens[1]), _dec(tokens[2], "npages")
+            if not 0 < n <= 1 << 24:
+                raise _Bad(f"npages {n} is not 1..{1 << 24}")
+            self.vmalloc_pages += n
+            self.b.append(EV_H_VMALLOC, h, n)
+        elif word == "vfree":
+            if len(tokens) not in (2, 3) or (len(tokens) == 3 and tokens[2] != "reset_perms"):
+                raise _Bad("expected `vfree <handle> [reset_perms]`")
+            self.b.append(EV_H_VFREE, self.handle(tokens[1]),
+                          flags=VFREE_RESET_PERMS if len(tokens) == 3 else 0)
+        else:  # set_memory <api> <handle> [<first> <n>] | hcpa <handle> <first> <n> set= clr= [force_split]
+            if word == "set_memory":
+                usage = f"set_memory <{'|'.join(SET_MEMORY)}> <handle> [<first page> <npages>]"
+                if len(tokens) not in (3, 5) or tokens[1] not in SET_MEMORY:
+                    raise _Bad(f"expected `{usage}`")
+                mask_set, mask_clr, force = SET_MEMORY[tokens[1]]
+                h = self.handle(tokens[2])
+                rest = tokens[3:]
+            else:
+                usage = "hcpa <handle> <first page> <npages> set=0x.. clr=0x.. [force_split]"
+                if len(tokens) not in (6, 7) or not tokens[4].startswith("set=") \
+                        or not tokens[5].startswith("clr="):
+                    raise _Bad(f"expected `{usage}`")
+                if len(tokens) == 7 and tokens[6] != "force_split":
+                    raise _Bad(f"unexpected field {tokens[6]!r}; expected `{usage}`")
+                h = self.handle(tokens[1])
+                mask_set, mask_clr = _u64(tokens[4][4:], "set"), _u64(tokens[5][4:], "clr")
+                force = len(tokens) == 7
+                rest = tokens[2:4]
+            first = _dec(rest[0], "first page") if rest else 0
+            n = _dec(rest[1], "npages") if rest else 0  # 0: the rest of the handle
+            if first > 0xFFFFFFFF or n > 0xFFFFFFFF:
+                raise _Bad("first page and npages must fit in 32 bits")
+            self.b.append(EV_H_CPA, h, first << 32 | n, mask_set, mask_clr,
+                          CPAF_FORCE_SPLIT if force else 0)
 
     def page(self, tokens: list[str]) -> None:
         word = tokens[0]
@@ -453,6 +552,8 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
         "page_frees": events.n_free + int(np.count_nonzero(k_fast == EV_FREE)),
         "skipped_lines": errs.skipped,
         "first_skipped": str(errs.first) if errs.first else None,
+        "handles": events.max_handle + 1,
+        "vmalloc_pages": events.vmalloc_pages,
     })
     if header.overflow is not None:
         trace.meta["entries"] = header.overflow
@@ -524,6 +625,18 @@ def write_native(trace: Trace, out: TextIO) -> None:
                 step = cp.step
                 buf.append(f"step {step}\n" if step else "step\n")
             buf.append(f"{SAMPLE}\n" if cp.counter == SAMPLE else f"check {cp.counter} {cp.value}\n")
+        elif kind == EV_H_ALLOC:
+            zone = next(z for z, v in ZONES.items() if v == fl >> 8)
+            buf.append(f"page_alloc {a0} {a1} mt={fl & 0xFF} zone={zone}\n")
+        elif kind == EV_H_FREE:
+            buf.append(f"page_free {a0}\n")
+        elif kind == EV_H_VMALLOC:
+            buf.append(f"vmalloc {a0} {a1}\n")
+        elif kind == EV_H_VFREE:
+            buf.append(f"vfree {a0}{' reset_perms' if fl & VFREE_RESET_PERMS else ''}\n")
+        elif kind == EV_H_CPA:
+            buf.append(f"hcpa {a0} {a1 >> 32} {a1 & 0xFFFFFFFF} set={ms:#x} clr={mc:#x}"
+                       f"{' force_split' if fl & CPAF_FORCE_SPLIT else ''}\n")
         elif kind == EV_SYSTEM_RUNNING:
             buf.append("system_running\n")
         elif kind == EV_KERNEL_RO:
