@@ -32,10 +32,14 @@ FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
               help="Compare with every kernel checkpoint in the trace; exit 1 on any mismatch.")
 @lenient_option
 @machine_option
+@click.option("--placement", type=click.Choice(("recorded", "simulate")), default="recorded",
+              show_default=True,
+              help="recorded: pages stay where the trace says; simulate: the simulated 6.1 "
+                   "allocator places every traced allocation (docs/design-simulated-placement.md).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @handle_errors
-def replay(trace, fmt, verify, lenient, machine_path, progress):
+def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
     """Replay TRACE (ftrace text or native; .gz/.zst/.xz; `-` for stdin)."""
     from ..load import load_trace
     from ..report.proc import meminfo_text, vmstat_text
@@ -49,6 +53,10 @@ def replay(trace, fmt, verify, lenient, machine_path, progress):
         machine = load_machine(machine_path)
     err = stderr_console()
     t = load_trace(trace, lenient=lenient, machine=machine)
+    if placement == "simulate" and t.meta.get("placement") != "simulate":
+        from ..trace.retarget import to_simulated_placement
+
+        t = to_simulated_placement(t)
     show = err.is_terminal if progress is None else progress
     if show:
         from rich.progress import Progress
@@ -80,6 +88,10 @@ def replay(trace, fmt, verify, lenient, machine_path, progress):
     elif fmt == "meminfo":
         out.write(meminfo_text(r.counters, res.gbpages))
     else:
+        if r.buddy is not None:  # /proc/vmstat order: the allocator's lines come first
+            from ..report.buddy import vmstat_lines
+
+            out.write(vmstat_lines(r.buddy))
         out.write(vmstat_text(r.counters))
     if verify:
         if not res.checks:

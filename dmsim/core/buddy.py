@@ -953,6 +953,10 @@ class BuddyState:
         """__free_pages(); 0, or -1 for a pfn that is not an allocated block of that order."""
         return int(free_pages(*self.arrays()[:10], self.cfg, pfn, order))
 
+    def claim(self, pfn: int, order: int) -> int:
+        """Mark the free block at pfn allocated where it is (claim_block()); 0 or -1."""
+        return int(claim_block(*self.arrays()[:10], self.cfg, pfn, order))
+
     def drain(self) -> None:
         """drain_all_pages(NULL)."""
         drain_all_pages(*self.arrays()[:10], self.cfg)
@@ -1115,3 +1119,55 @@ def buddy_from_machine(machine, *, reserve_first_mib: bool = True, **kw) -> Budd
     if reserve_first_mib:
         reserved.append((0, 256))
     return buddy_init(mem, reserved, **kw)
+
+
+@njit(cache=True)
+def claim_block(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
+                stats, cfg, pfn, order):
+    """Take the free block [pfn, pfn + 2^order) off the free lists and mark it
+    allocated, splitting the free block that holds it (take_page_off_buddy() +
+    break_down_buddy_pages(), for order > 0 too). Used for pages a trace shows
+    were allocated before it started; a wholly reserved block becomes an
+    allocated one that its free will give to the allocator. 0, or -1 when the
+    block is neither (on a pcp list, allocated, partly reserved)."""
+    zone = page_zonenum(zone_info, pfn)
+    if zone < 0 or pfn & ((1 << order) - 1):
+        return -1
+    reserved = True
+    for p in range(pfn, pfn + (1 << order)):
+        if not flags[p] & PG_RESERVED:
+            reserved = False
+            break
+    if reserved:
+        # memblock-reserved at boot and handed to the allocator only by this free
+        # (free_reserved_area(): the kernel image's init and gap pages): it joins
+        # the zone's managed pages (adjust_managed_page_count()) as an allocated block
+        for p in range(pfn, pfn + (1 << order)):
+            flags[p] &= ~PG_RESERVED
+        flags[pfn] |= PG_HEAD
+        order_[pfn] = order | (pb_mt[pfn >> PAGEBLOCK_ORDER] << 4)
+        zone_info[zone, Z_MANAGED] += 1 << order
+        return 0
+    for high in range(order, MAX_ORDER):
+        head = pfn & ~((1 << high) - 1)
+        if (flags[head] & PG_BUDDY) and (order_[head] & 15) == high:
+            mt = order_[head] >> 4
+            del_page_from_free_list(nxt, prv, order_, flags, free_ends, free_count, head, zone, high)
+            # break_down_buddy_pages(): give back the halves that do not hold the block
+            size = 1 << high
+            cur = head
+            while high > order:
+                high -= 1
+                size >>= 1
+                if pfn >= cur + size:  # the block is in the upper half: free the lower
+                    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, cur, zone,
+                                     high, mt, False)
+                    cur += size
+                else:
+                    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, cur + size,
+                                     zone, high, mt, False)
+            stats[S_NR_FREE_PAGES + zone] -= 1 << order
+            flags[pfn] = (flags[pfn] & ~(PG_BUDDY | PG_PCP)) | PG_HEAD
+            order_[pfn] = order | (mt << 4)
+            return 0
+    return -1

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from . import constants as C
-from .buddy import MIGRATE_UNMOVABLE, alloc_pages, free_pages
+from .buddy import MIGRATE_UNMOVABLE, alloc_pages, claim_block, free_pages
 from .cpa import NX, ZERO, change_page_attr_set_clr
 from .zones import ZONE_NORMAL
 
@@ -37,8 +37,10 @@ EV_H_FREE = 8
 EV_H_VMALLOC = 9
 EV_H_VFREE = 10
 EV_H_CPA = 11
+EV_H_CLAIM = 12
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
+CPAF_RAW = 4
 VFREE_RESET_PERMS = 1
 
 H_NONE = 0
@@ -112,6 +114,14 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                 h_len[h] = order
             else:
                 h_kind[h] = H_NONE  # out of memory: counted by the allocator
+        elif k == EV_H_CLAIM:  # allocated before the trace began: stays where it was
+            if claim_block(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                           zone_info, stats, cfg, np.int64(mask_set[i]), arg1[i]) == 0:
+                h_kind[h] = H_PAGES
+                h_base[h] = np.int64(mask_set[i])
+                h_len[h] = arg1[i]
+            else:
+                counters[C.NR_HANDLE_ERRORS] += 1
         elif k == EV_H_FREE:
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
@@ -161,7 +171,10 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                 if first + n > (1 << h_len[h]):
                     counters[C.NR_HANDLE_ERRORS] += 1
                     continue
-                _cpa(h_base[h] + first, n, ms, mc, checkalias, force, dm, buddy)
+                primary = checkalias
+                if flags[i] & CPAF_RAW:  # a recorded call, moved: its own primary argument
+                    primary = (flags[i] & CPAF_PRIMARY) != 0
+                _cpa(h_base[h] + first, n, ms, mc, primary, force, dm, buddy)
             elif h_kind[h] == H_VMALLOC:
                 if first + n > h_len[h]:
                     counters[C.NR_HANDLE_ERRORS] += 1

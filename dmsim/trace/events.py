@@ -29,7 +29,9 @@ EV_H_FREE = 8  # arg0 handle: __free_pages()
 EV_H_VMALLOC = 9  # arg0 handle, arg1 npages: vmalloc() of order-0 pages (module_alloc)
 EV_H_VFREE = 10  # arg0 handle, flags VFREE_RESET_PERMS: vfree()
 EV_H_CPA = 11  # arg0 handle, arg1 first << 32 | n, masks, CPAF_*: set_memory_*() on its pages
+EV_H_CLAIM = 12  # arg0 handle, arg1 order, mask_set pfn: a block allocated before the trace
 VFREE_RESET_PERMS = 1  # the area has VM_FLUSH_RESET_PERMS (module, BPF memory)
+CPAF_RAW = 4  # EV_H_CPA: a recorded call moved onto the handle's pages, applied as recorded
 
 CPAF_PRIMARY = 1  # the call's `primary` (checkalias) argument
 CPAF_FORCE_SPLIT = 2  # cpa->force_split (set_memory_4k)

@@ -1,0 +1,83 @@
+"""--placement simulate on recorded traces (dmsim/trace/retarget.py)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from dmsim.core.state import ENTRY_LEAF
+from dmsim.report.result import build_result
+from dmsim.simulate import simulate
+from dmsim.trace.ftrace import parse_ftrace
+from dmsim.trace.retarget import to_simulated_placement
+
+HERE = os.path.dirname(__file__)
+E820 = """[    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+[    0.000000] BIOS-e820: [mem 0x0000000000100000-0x000000007ffdcfff] usable
+"""
+POB = "0xffff8c4900000000"
+
+
+def alloc(pfn, order=0, mt=0):
+    return (f"  x-1 [000] .....  1.0: mm_page_alloc: page=0 pfn={pfn:#x} order={order} "
+            f"migratetype={mt} gfp_flags=GFP_KERNEL")
+
+
+def free(pfn, order=0):
+    return f"  x-1 [000] .....  1.0: mm_page_free: page=0 pfn={pfn:#x} order={order}"
+
+
+def cpa(pfn, n=1, clr=2):
+    va = int(POB, 16) + (pfn << 12)
+    return (f"  x-1 [000] .....  1.0: cpa: (__change_page_attr_set_clr+0x0/0xf00) vaddr={va:#x} "
+            f"numpages={n} set=0x0 clr={clr:#x} flags=0 primary=0 pob={POB} pb=0x0")
+
+
+def trace(*lines):
+    return parse_ftrace(E820 + "\n".join(lines) + "\n", "t")
+
+
+def test_a_traced_allocation_is_placed_by_the_allocator_and_its_cpa_follows_it():
+    t = trace(alloc(0x50000), cpa(0x50000))
+    recorded = simulate(t)
+    assert recorded.state.pmd_state[0x50000 >> 9] != ENTRY_LEAF  # split where recorded
+    r = simulate(to_simulated_placement(t))
+    st = r.state
+    assert st.pmd_state[0x50000 >> 9] == ENTRY_LEAF  # not there any more
+    assert r.buddy.stat("nr_alloc") == 2  # the allocation, then the split's page table
+    assert int(st.counters[10]) == 1  # NR_PTE_TABLES: the split happened elsewhere
+
+
+def test_cpa_on_memory_no_traced_allocation_owns_stays_in_place():
+    t = to_simulated_placement(trace(cpa(0x60000, 3)))
+    r = simulate(t)
+    assert r.state.pmd_state[0x60000 >> 9] != ENTRY_LEAF
+
+
+def test_blocks_freed_but_never_allocated_in_the_trace_are_claimed_in_place():
+    t = to_simulated_placement(trace(free(0x40000, 1), alloc(0x40000, 0), free(0x40000, 0)))
+    assert t.meta["preexisting_blocks"] == 1 and t.meta["untraced_frees"] == 0
+    r = simulate(t)
+    c = build_result(r).stats
+    assert c["handle_errors"] == 0
+    assert r.buddy.stat("nr_free_calls") == 2
+
+
+def test_a_second_untraced_free_is_dropped_and_counted():
+    t = to_simulated_placement(trace(free(0x40000), free(0x40000)))
+    assert t.meta["untraced_frees"] == 1
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(HERE, "..", "traces", "real",
+                                                             "*modules-bpf-secretmem.trace.gz"))),
+                         ids=os.path.basename)
+def test_reference_traces_run_to_the_end_with_simulated_placement(path):
+    from dmsim.load import load_trace
+
+    t = to_simulated_placement(load_trace(path))
+    res = build_result(simulate(t))
+    assert res.stats["handle_errors"] == 0 and res.stats["pte_table_alloc_failures"] == 0
+    splits = [c.simulated for c in res.checks if c.counter == "direct_map_level2_splits"]
+    assert splits == sorted(splits) and splits[-1] > 0
