@@ -109,6 +109,7 @@ def main() -> None:
     bench_core(a.events, local=True)
     bench_core(a.events, local=False)
     bench_placement(a.events)
+    bench_1tib()
     import os
     import tempfile
 
@@ -168,3 +169,28 @@ def bench_placement(n: int) -> None:
     print(f"placement: {n:,} alloc/free events by handle on a 16 GiB machine: {dt:.2f} s = "
           f"{n / dt / 1e6:.2f} M events/s; allocator state {buddy.bytes_per_page():.1f} "
           f"bytes/page ({pages:,} pages); {buddy.stat('alloc_fail')} failed")
+
+
+def bench_1tib(n: int = 1_000_000) -> None:
+    """configs/machines/1tib.yaml with simulated placement: memory, not speed."""
+    from dmsim.machine_config import load_machine
+    from dmsim.simulate import simulate
+    from dmsim.trace.events import EV_H_ALLOC, EV_H_FREE, EventArrays, Trace
+
+    m = load_machine("configs/machines/1tib.yaml")
+    rng = np.random.default_rng(3)
+    kind = np.empty(n, np.uint8)
+    kind[0::2], kind[1::2] = EV_H_ALLOC, EV_H_FREE
+    a0 = (np.arange(n) // 2 % 50000).astype(np.int64)
+    a0[1::2] = (np.arange(n // 2) - 20000) % 50000  # free what was allocated 20000 steps ago
+    kind[1:40000:2] = EV_H_ALLOC  # (nothing to free yet: allocate instead)
+    a0[1:40000:2] = 40000 + np.arange(len(a0[1:40000:2]))
+    ev = EventArrays(kind=kind, arg0=a0, arg1=np.where(rng.random(n) < 0.8, 0, 2).astype(np.int64),
+                     mask_set=np.zeros(n, np.uint64), mask_clr=np.zeros(n, np.uint64),
+                     flags=np.full(n, 2 << 8, np.int32))
+    t0 = time.perf_counter()
+    r = simulate(Trace(machine=m, events=ev, meta={"handles": 70000, "vmalloc_pages": 0}))
+    dt = time.perf_counter() - t0
+    print(f"1 TiB machine ({m.total_ram_pages():,} pages), {n:,} alloc/free events: {dt:.1f} s "
+          f"(boot state included); allocator {r.buddy.bytes_per_page():.1f} bytes/page; "
+          f"peak RSS so far {peak_rss_mib():.0f} MiB")
