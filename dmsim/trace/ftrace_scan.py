@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .scan_util import hex_digit
+from .scan_util import count_lines, hex_digit
 
 SCAN_BLANK = 0
 SCAN_OTHER = 1  # the Python reader looks at it
@@ -120,10 +120,7 @@ def _fields(buf, s, e, keys, required, out, li):
 @njit(cache=True)
 def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_req):
     """(kind int8[n], start int64[n], fields uint64[n, 8]) for the n lines."""
-    nlines = 1
-    for i in range(buf.shape[0]):
-        if buf[i] == 10:
-            nlines += 1
+    nlines = count_lines(buf)
     kind = np.zeros(nlines, np.int8)
     start = np.zeros(nlines + 1, np.int64)
     fields = np.zeros((nlines, 8), np.uint64)

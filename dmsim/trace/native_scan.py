@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .scan_util import hex_digit
+from .scan_util import count_lines, hex_digit
 
 N_OTHER = 0
 N_CPA_DIRECT = 1
@@ -93,10 +93,7 @@ def _space(buf, pos, end):
 @njit(cache=True)
 def scan_native(buf, p_direct, p_high, p_alloc, p_free, p_set, p_clr, p_mt, p_primary, p_force):
     """(kind int8[n], start int64[n+1], a0 uint64[n], a1 int64[n], mset, mclr, flags int32[n])."""
-    nlines = 1
-    for i in range(buf.shape[0]):
-        if buf[i] == 10:
-            nlines += 1
+    nlines = count_lines(buf)
     kind = np.zeros(nlines, np.int8)
     start = np.zeros(nlines + 1, np.int64)
     a0 = np.zeros(nlines, np.uint64)

@@ -15,3 +15,13 @@ def hex_digit(c):
     if 65 <= c <= 70:
         return c - 55
     return -1
+
+
+@njit(cache=True)
+def count_lines(buf):
+    """Lines in the buffer: newlines + 1 (a last line without one counts)."""
+    n = 1
+    for i in range(buf.shape[0]):
+        if buf[i] == 10:
+            n += 1
+    return n
