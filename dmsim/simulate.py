@@ -29,13 +29,17 @@ class Replayed:
         return self.state.counters
 
 
+def names_allocations_by_handle(trace: Trace) -> bool:
+    """Simulated placement: the trace leaves placement to the allocator."""
+    return bool(np.isin(trace.events.kind, HANDLE_EVENTS).any())
+
+
 def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None) -> Replayed:
     """Recorded placement, or simulated placement when the trace names
     allocations by handle (then `buddy` holds the allocator's final state)."""
     st = init_mem_mapping(trace.machine)
     boot = st.counters.copy()
-    kinds = trace.events.kind
-    if np.isin(kinds, HANDLE_EVENTS).any():
+    if names_allocations_by_handle(trace):
         from .core.api import place
         from .core.buddy import buddy_from_machine
 

@@ -99,3 +99,15 @@ def test_bad_handle_lines(line, message):
 
     with pytest.raises(TraceError, match=message):
         parse_native(HEAD + line + "\n", "t")
+
+
+def test_placement_simulate_leaves_a_trace_by_handle_as_it_is(tmp_path):
+    from click.testing import CliRunner
+
+    from dmsim.cli.main import cli
+
+    p = tmp_path / "h.trace"
+    p.write_text(HEAD + "vmalloc 1 16\nset_memory ro 1\ncheck direct_map_level2_splits 1\n")
+    for extra in ([], ["--placement", "simulate"]):
+        r = CliRunner().invoke(cli, ["replay", "--verify", *extra, str(p)])
+        assert r.exit_code == 0, r.output

@@ -53,10 +53,12 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
         machine = load_machine(machine_path)
     err = stderr_console()
     t = load_trace(trace, lenient=lenient, machine=machine)
-    if placement == "simulate" and t.meta.get("placement") != "simulate":
+    if placement == "simulate":
+        from ..simulate import names_allocations_by_handle
         from ..trace.retarget import to_simulated_placement
 
-        t = to_simulated_placement(t)
+        if not names_allocations_by_handle(t):  # (if it does, it is simulated already)
+            t = to_simulated_placement(t)
     show = err.is_terminal if progress is None else progress
     if show:
         from rich.progress import Progress
