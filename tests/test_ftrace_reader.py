@@ -53,7 +53,7 @@ def test_each_shape_gives_the_same_events(shape):
     tail = slice(len(ev) - 4, len(ev))  # after start_kernel's synthesised calls (none here)
     assert list(ev.kind[tail]) == [EV_ALLOC, EV_CPA, EV_FREE, EV_SYSTEM_RUNNING]
     assert list(ev.arg0[tail][[0, 2]]) == [0x7390, 0x32D06]
-    assert ev.arg1[tail][0] == 2 and ev.flags[tail][0] == 1  # order, migratetype
+    assert ev.arg1[tail][0] == 2 and ev.flags[tail][0] == 1 | 2 << 8  # order, mt | Normal << 8
     assert ev.arg0[tail][1] == 0x203 and ev.mask_clr[tail][1] == 2  # direct-map pfn
 
 
@@ -111,3 +111,14 @@ def test_array_calls_replay_their_first_page_and_warn():
     cpa = t.events.kind == EV_CPA
     assert list(t.events.arg1[cpa]) == [1]
     assert t.meta["cpa_array_calls"] == 1
+
+
+@pytest.mark.parametrize("gfp, zone", [
+    ("GFP_KERNEL", 2), ("GFP_KERNEL|__GFP_DMA32", 1), ("GFP_DMA32|__GFP_ZERO", 1),
+    ("GFP_DMA", 0), ("__GFP_DMA|__GFP_ZERO", 0), ("0xcc0", 2), ("0xcc4", 1), ("0x1", 0),
+    ("none", 2),
+])
+def test_gfp_zone_is_kept_with_the_allocation(gfp, zone):
+    line = SHAPES["trace-6.1"][0].replace("gfp_flags=GFP_KERNEL", f"gfp_flags={gfp}")
+    t = parse([line])
+    assert t.events.flags[t.events.kind == EV_ALLOC][0] >> 8 == zone

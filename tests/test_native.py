@@ -179,7 +179,7 @@ def test_comments_blank_lines_steps_and_defaults():
     t = parse_native(HEADER + "\n# a comment\n   # indented comment\nsystem_running\n"
                      "alloc 0x200 1\nstep  bpf:10:4000  \ncheck DirectMap4k 12\r\n", "t.trace")
     assert list(t.events.kind) == [EV_SYSTEM_RUNNING, EV_ALLOC, EV_CHECKPOINT]
-    assert t.events.flags[1] == 0  # mt defaults to UNMOVABLE
+    assert t.events.flags[1] == 2 << 8  # mt defaults to UNMOVABLE (0), zone to Normal (2)
     assert checkpoint_key(t.checkpoints) == [(0, "bpf:10:4000", "DirectMap4k", 12)]
     assert t.checkpoints[0].line == 13
     assert t.machine.gbpages is False and t.machine.name == "t.trace"

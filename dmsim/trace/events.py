@@ -6,7 +6,7 @@ Columns (numpy, one row per event):
   arg1      int64   CPA: numpages; ALLOC/FREE: order
   mask_set  uint64  CPA: cpa->mask_set
   mask_clr  uint64  CPA: cpa->mask_clr
-  flags     int32   CPA: CPAF_*; ALLOC: migratetype
+  flags     int32   CPA: CPAF_*; ALLOC: migratetype | gfp_zone() << 8 (0 DMA, 1 DMA32, 2 Normal)
 The vpfn of a direct-map address is its pfn; the kernel image's high mapping
 sits one GiB slot above the direct map (see core/state.py).
 """

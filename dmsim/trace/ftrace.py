@@ -254,7 +254,9 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     mset = np.concatenate([f[keep, 2], np.zeros(len(mem_li) + len(markers), np.uint64)])
     mclr = np.concatenate([f[keep, 3], np.zeros(len(mem_li) + len(markers), np.uint64)])
     flg = np.concatenate([np.where(primary[keep], CPAF_PRIMARY, 0).astype(np.int32),
-                          np.where(kind[mem_li] == SCAN_ALLOC, fields[mem_li, 2], 0).astype(np.int32),
+                          np.where(kind[mem_li] == SCAN_ALLOC,
+                                   fields[mem_li, 2] | fields[mem_li, 3] << np.uint64(8),
+                                   0).astype(np.int32),
                           np.zeros(len(markers), np.int32)])
     alias = np.concatenate([(direct & ~primary)[keep], np.ones(len(mem_li), bool),
                             np.zeros(len(markers), bool)])  # what may sit inside a call

@@ -117,6 +117,58 @@ def _fields(buf, s, e, keys, required, out, li):
     return True
 
 
+GFP_FLAGS = np.frombuffer(b"gfp_flags=", np.uint8)
+GFP_DMA = np.frombuffer(b"GFP_DMA", np.uint8)
+
+
+@njit(cache=True)
+def _gfp_zone(buf, s, e):
+    """gfp_zone() of the gfp_flags= field: 0 DMA, 1 DMA32, 2 Normal. The field is
+    symbolic (GFP_DMA32, __GFP_DMA, ... joined by |) or hex (__GFP_DMA 0x01,
+    __GFP_DMA32 0x04, include/linux/gfp_types.h)."""
+    n = GFP_FLAGS.shape[0]
+    p = s
+    while p + n <= e:
+        hit = True
+        for k in range(n):
+            if buf[p + k] != GFP_FLAGS[k]:
+                hit = False
+                break
+        if hit:
+            break
+        p += 1
+    if p + n > e:
+        return np.uint64(2)
+    p += n
+    end = p
+    while end < e and buf[end] != 32:
+        end += 1
+    if end - p > 2 and buf[p] == 48 and buf[p + 1] == 120:
+        v, ok = _number(buf, p, end)
+        if ok and v & np.uint64(1):
+            return np.uint64(0)
+        if ok and v & np.uint64(4):
+            return np.uint64(1)
+        return np.uint64(2)
+    m = GFP_DMA.shape[0]
+    zone = 2
+    q = p
+    while q + m <= end:
+        hit = True
+        for k in range(m):
+            if buf[q + k] != GFP_DMA[k]:
+                hit = False
+                break
+        if hit:
+            nxt = q + m
+            if nxt + 2 <= end and buf[nxt] == 51 and buf[nxt + 1] == 50:
+                zone = min(zone, 1)  # GFP_DMA32 / __GFP_DMA32
+            elif nxt == end or buf[nxt] == 124:  # GFP_DMA / __GFP_DMA, then | or the end
+                zone = 0
+        q += 1
+    return np.uint64(zone)
+
+
 @njit(cache=True)
 def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_req):
     """(kind int8[n], start int64[n], fields uint64[n, 8]) for the n lines."""
@@ -167,6 +219,8 @@ def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_r
                                         k = nk
                                 elif _fields(buf, ne + 1, e, kmem_keys, kmem_req, fields, li):
                                     k = nk
+                                    if nk == SCAN_ALLOC:
+                                        fields[li, 3] = _gfp_zone(buf, ne + 1, e)
                                 break
         kind[li] = k
         li += 1

@@ -426,8 +426,9 @@ class _Events:
     def page(self, tokens: list[str]) -> None:
         word = tokens[0]
         if word == "alloc":
-            if len(tokens) not in (3, 4):
-                raise _Bad("expected `alloc <pfn hex> <order> [mt=<migratetype>]`")
+            if len(tokens) not in (3, 4, 5):
+                raise _Bad("expected `alloc <pfn hex> <order> [mt=<migratetype>] "
+                           "[zone=dma|dma32|normal]`")
         else:
             _nargs(tokens, 3, "free <pfn hex> <order>")
         pfn = _hex(tokens[1], "pfn")
@@ -441,15 +442,18 @@ class _Events:
         if i < 0 or end > self.ram_end[i]:
             where = "past the end of RAM" if pfn >= self.max_pfn else "outside RAM (an e820 hole)"
             raise _Bad(f"pages [{pfn:#x}, {end:#x}) are {where} (max_pfn {self.max_pfn:#x})")
-        mt = 0
-        if len(tokens) == 4:
-            if not tokens[3].startswith("mt="):
-                raise _Bad(f"unexpected field {tokens[3]!r}; expected mt=<migratetype>")
-            mt = _dec(tokens[3][3:], "mt")
-            if mt >= MIGRATE_TYPES:
-                raise _Bad(f"migratetype {mt} is not 0..{MIGRATE_TYPES - 1}")
+        mt, zone = 0, ZONES["normal"]
+        for tok in tokens[3:]:
+            if tok.startswith("mt="):
+                mt = _dec(tok[3:], "mt")
+                if mt >= MIGRATE_TYPES:
+                    raise _Bad(f"migratetype {mt} is not 0..{MIGRATE_TYPES - 1}")
+            elif tok.startswith("zone=") and tok[5:] in ZONES:
+                zone = ZONES[tok[5:]]
+            else:
+                raise _Bad(f"unexpected field {tok!r}; expected mt=<migratetype> or zone=...")
         if word == "alloc":
-            self.b.append(EV_ALLOC, pfn, order, flags=mt)
+            self.b.append(EV_ALLOC, pfn, order, flags=mt | zone << 8)
             self.n_alloc += 1
         else:
             self.b.append(EV_FREE, pfn, order)
@@ -608,7 +612,10 @@ def write_native(trace: Trace, out: TextIO) -> None:
                 (" force_split" if fl & CPAF_FORCE_SPLIT else "")
             buf.append(f"cpa {space} {first:#x} {a1} set={ms:#x} clr={mc:#x}{extra}\n")
         elif kind == EV_ALLOC:
-            buf.append(f"alloc {a0:#x} {a1} mt={fl}\n")
+            zone = fl >> 8
+            where = "" if zone == ZONES["normal"] else \
+                " zone=" + next(z for z, v in ZONES.items() if v == zone)
+            buf.append(f"alloc {a0:#x} {a1} mt={fl & 0xFF}{where}\n")
         elif kind == EV_FREE:
             buf.append(f"free {a0:#x} {a1}\n")
         elif kind == EV_CHECKPOINT:

@@ -245,7 +245,7 @@ def convert_events(kind, a0, a1, mset, mclr, mflags, body, max_pfn, highmap_vpfn
         else:
             o_kind[m] = ev_alloc if k == N_ALLOC else ev_free
             o_a0[m] = v
-            o_fl[m] = mflags[li] if k == N_ALLOC else 0
+            o_fl[m] = (mflags[li] | 2 << 8) if k == N_ALLOC else 0  # no zone= field: Normal
         o_a1[m] = c
         o_line[m] = li
         m += 1

@@ -2,10 +2,8 @@
 events by handle, so that the simulated allocator decides where every traced
 allocation lands (docs/design-simulated-placement.md).
 
-- mm_page_alloc -> EV_H_ALLOC of a new handle with the recorded order and
-  migratetype; the highest zone is Normal, or DMA for a block the kernel put in
-  ZONE_DMA (the trace does not keep gfp_flags, so a __GFP_DMA32 request that
-  landed in DMA32 is replayed as a Normal one that may fall back there);
+- mm_page_alloc -> EV_H_ALLOC of a new handle with the recorded order,
+  migratetype and gfp_zone() (from gfp_flags);
 - mm_page_free of a live block -> EV_H_FREE; of a block no traced allocation
   made -> that block was allocated before the trace began: EV_H_CLAIM keeps it
   where it was, from the start;
@@ -30,9 +28,6 @@ from .events import (
     EventBuilder,
     Trace,
 )
-
-ZONE_DMA_END = 16 << 20 >> 12  # pfns below this are ZONE_DMA
-ZONE_DMA, ZONE_NORMAL = 0, 2
 
 
 def to_simulated_placement(trace: Trace) -> Trace:
@@ -84,8 +79,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
             pfn, order = a0[i], a1[i]
             h = h_next
             h_next += 1
-            zone = ZONE_DMA if pfn < ZONE_DMA_END else ZONE_NORMAL
-            b.append(EV_H_ALLOC, h, order, 0, 0, (fl[i] & 0xFF) | zone << 8)
+            b.append(EV_H_ALLOC, h, order, 0, 0, fl[i])  # migratetype | gfp_zone() << 8
             owner[pfn:pfn + (1 << order)] = h
             base[h] = pfn
         elif k == EV_FREE:
