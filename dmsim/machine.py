@@ -50,14 +50,20 @@ class Machine:
 
     def ram_ranges(self) -> list[tuple[int, int]]:
         """memblock.memory: the E820_TYPE_RAM and RESERVED_KERN ranges, merged."""
-        rs = sorted((s, e) for s, e, t in self.e820 if t in (E820_TYPE_RAM, E820_TYPE_RESERVED_KERN) and e > s)
-        out: list[tuple[int, int]] = []
-        for s, e in rs:
-            if out and s <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], e))
-            else:
-                out.append((s, e))
-        return out
+        return merge_ranges((s, e) for s, e, t in self.e820
+                            if t in (E820_TYPE_RAM, E820_TYPE_RESERVED_KERN))
+
+    def nr_direct_puds(self) -> int:
+        """GiB slots of the simulated direct map (up to max_pfn, at least one)."""
+        from .core.constants import PUD_PAGES
+
+        return max(1, -(-self.max_pfn() // PUD_PAGES))
+
+    def highmap_vpfn(self) -> int:
+        """The vpfn of __START_KERNEL_map: the slot after the direct map (core/state.py)."""
+        from .core.constants import PUD_PAGES
+
+        return self.nr_direct_puds() * PUD_PAGES
 
     def max_pfn(self) -> int:
         """e820__end_of_ram_pfn(): the end of the highest RAM range, in pages."""
@@ -74,6 +80,19 @@ class Machine:
                 raise MachineError(f"e820 range [{s:#x}, {e:#x}) is empty or reversed")
         if self.max_pfn() > (1 << 40):
             raise MachineError("more than 4 PiB of RAM is outside x86-64 4-level paging")
+
+
+def merge_ranges(ranges) -> list[tuple[int, int]]:
+    """[start, end) ranges sorted, empty ones dropped, overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if s >= e:
+            continue
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 def apply_e820_update(e820: list[tuple[int, int, int]], start: int, end: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..machine import E820_TYPE_ACPI, E820_TYPE_RAM, Machine
+from ..machine import E820_TYPE_ACPI, E820_TYPE_RAM, Machine, merge_ranges
 from .constants import (
     _PAGE_PSE,
     HIGHMAP_PMDS,
@@ -313,16 +313,7 @@ class _Boot:
         return mr
 
     def add_pfn_range_mapped(self, start_pfn: int, end_pfn: int) -> None:
-        rs = sorted(self.pfn_mapped + [(start_pfn, end_pfn)])
-        out: list[tuple[int, int]] = []
-        for s, e in rs:
-            if s >= e:
-                continue
-            if out and s <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], e))
-            else:
-                out.append((s, e))
-        self.pfn_mapped = out
+        self.pfn_mapped = merge_ranges(self.pfn_mapped + [(start_pfn, end_pfn)])
         self.max_pfn_mapped = max(self.max_pfn_mapped, end_pfn)
 
     def init_memory_mapping(self, start: int, end: int) -> int:
@@ -387,12 +378,12 @@ def _map_highmap(st: DirectMapState, machine: Machine, highmap_vpfn: int) -> Non
 def init_mem_mapping(machine: Machine) -> DirectMapState:
     """Build the page tables and direct_pages_count[] as boot leaves them."""
     machine.validate()
-    nr_direct_puds = max(1, -(-machine.max_pfn() // PUD_PAGES))
+    nr_direct_puds = machine.nr_direct_puds()
     st = DirectMapState.empty(nr_direct_puds + 1)
     boot = _Boot(machine, st, nr_direct_puds)
     boot.init_mem_mapping()
 
-    highmap_vpfn = nr_direct_puds * PUD_PAGES
+    highmap_vpfn = machine.highmap_vpfn()
     st.pud_state[nr_direct_puds] = ENTRY_TABLE
     p = st.params
     p[P_HIGHMAP_VPFN] = highmap_vpfn

@@ -19,7 +19,6 @@ from ..core.constants import (
     CPA_PAGES_ARRAY,
     KERNEL_IMAGE_SIZE,
     PAGE_SHIFT,
-    PUD_PAGES,
     START_KERNEL_MAP,
 )
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError, apply_e820_update
@@ -219,8 +218,7 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     """Merge scanned events and markers in line order; turn virtual addresses
     into vpfns; drop CPA calls on vmalloc space (their alias calls are in the
     trace); place EV_KERNEL_RO; prepend start_kernel's untraced calls."""
-    nr_direct_puds = max(1, -(-machine.max_pfn() // PUD_PAGES))
-    highmap_vpfn = nr_direct_puds * PUD_PAGES
+    highmap_vpfn = machine.highmap_vpfn()
     u = np.uint64
     cpa_li = np.nonzero(kind == SCAN_CPA)[0]
     f = fields[cpa_li]

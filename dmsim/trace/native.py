@@ -29,7 +29,6 @@ from ..core.constants import (
     _PAGE_RW,
     KERNEL_IMAGE_SIZE,
     PAGE_SHIFT,
-    PUD_PAGES,
 )
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError
 from .errors import LineErrors, TraceError
@@ -100,11 +99,6 @@ def looks_like_native(head: str) -> bool:
     """Auto-detection: the first line is `dmsim-trace <version>`."""
     first = head.lstrip("\ufeff").split("\n", 1)[0].split()
     return bool(first) and first[0] == MAGIC
-
-
-def highmap_vpfn(machine: Machine) -> int:
-    """The first vpfn of the kernel image's high map: one GiB slot above the direct map."""
-    return max(1, -(-machine.max_pfn() // PUD_PAGES)) * PUD_PAGES
 
 
 # ---------------------------------------------------------------------------- reading
@@ -270,7 +264,7 @@ class _Events:
         self.max_handle = -1  # simulated placement: the handle arrays' size
         self.vmalloc_pages = 0  # simulated placement: the vmalloc pool's size
         self.max_pfn = machine.max_pfn()
-        self.highmap_vpfn = highmap_vpfn(machine)
+        self.highmap_vpfn = machine.highmap_vpfn()
         ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
         self.ram_start = [s for s, _ in ranges]
         self.ram_end = [e for _, e in ranges]
@@ -601,7 +595,7 @@ def write_native(trace: Trace, out: TextIO) -> None:
     by_index = {cp.index: cp for cp in trace.checkpoints}
     used: set[int] = set()
     step = "boot"
-    hm = highmap_vpfn(m)
+    hm = m.highmap_vpfn()
     ev = trace.events
     for kind, a0, a1, ms, mc, fl in zip(*(c.tolist() for c in ev.columns()), strict=True):
         if kind == EV_CPA:

@@ -34,7 +34,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
     ev = trace.events
     m = trace.machine
     nr_pfns = m.max_pfn() + 1024
-    hv = (max(1, -(-m.max_pfn() // 262144))) * 262144  # the high map's first vpfn
+    hv = m.highmap_vpfn()
     kind = ev.kind.tolist()
     a0 = ev.arg0.tolist()
     a1 = ev.arg1.tolist()
