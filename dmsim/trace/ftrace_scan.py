@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .scan_util import count_lines, hex_digit
+from .scan_util import count_lines, find, hex_digit
 
 SCAN_BLANK = 0
 SCAN_OTHER = 1  # the Python reader looks at it
@@ -126,20 +126,10 @@ def _gfp_zone(buf, s, e):
     """gfp_zone() of the gfp_flags= field: 0 DMA, 1 DMA32, 2 Normal. The field is
     symbolic (GFP_DMA32, __GFP_DMA, ... joined by |) or hex (__GFP_DMA 0x01,
     __GFP_DMA32 0x04, include/linux/gfp_types.h)."""
-    n = GFP_FLAGS.shape[0]
-    p = s
-    while p + n <= e:
-        hit = True
-        for k in range(n):
-            if buf[p + k] != GFP_FLAGS[k]:
-                hit = False
-                break
-        if hit:
-            break
-        p += 1
-    if p + n > e:
+    p = find(buf, s, e, GFP_FLAGS)
+    if p < 0:
         return np.uint64(2)
-    p += n
+    p += GFP_FLAGS.shape[0]
     end = p
     while end < e and buf[end] != 32:
         end += 1
@@ -150,22 +140,15 @@ def _gfp_zone(buf, s, e):
         if ok and v & np.uint64(4):
             return np.uint64(1)
         return np.uint64(2)
-    m = GFP_DMA.shape[0]
     zone = 2
-    q = p
-    while q + m <= end:
-        hit = True
-        for k in range(m):
-            if buf[q + k] != GFP_DMA[k]:
-                hit = False
-                break
-        if hit:
-            nxt = q + m
-            if nxt + 2 <= end and buf[nxt] == 51 and buf[nxt + 1] == 50:
-                zone = min(zone, 1)  # GFP_DMA32 / __GFP_DMA32
-            elif nxt == end or buf[nxt] == 124:  # GFP_DMA / __GFP_DMA, then | or the end
-                zone = 0
-        q += 1
+    q = find(buf, p, end, GFP_DMA)
+    while q >= 0:
+        nxt = q + GFP_DMA.shape[0]
+        if nxt + 2 <= end and buf[nxt] == 51 and buf[nxt + 1] == 50:
+            zone = min(zone, 1)  # GFP_DMA32 / __GFP_DMA32
+        elif nxt == end or buf[nxt] == 124:  # GFP_DMA / __GFP_DMA, then | or the end
+            zone = 0
+        q = find(buf, q + 1, end, GFP_DMA)
     return np.uint64(zone)
 
 

@@ -25,3 +25,18 @@ def count_lines(buf):
         if buf[i] == 10:
             n += 1
     return n
+
+
+@njit(cache=True)
+def find(buf, start, end, lit):
+    """The first position of the bytes lit in buf[start:end], or -1."""
+    n = lit.shape[0]
+    for p in range(start, end - n + 1):
+        hit = True
+        for k in range(n):
+            if buf[p + k] != lit[k]:
+                hit = False
+                break
+        if hit:
+            return p
+    return -1
