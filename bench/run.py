@@ -130,9 +130,6 @@ def main() -> None:
     print(f"peak memory (ru_maxrss): {peak_rss_mib():.0f} MiB")
 
 
-if __name__ == "__main__":
-    main()
-
 
 def bench_placement(n: int) -> None:
     """Simulated placement: n alloc/free events by handle on a 16 GiB machine."""
@@ -194,3 +191,7 @@ def bench_1tib(n: int = 1_000_000) -> None:
     print(f"1 TiB machine ({m.total_ram_pages():,} pages), {n:,} alloc/free events: {dt:.1f} s "
           f"(boot state included); allocator {r.buddy.bytes_per_page():.1f} bytes/page; "
           f"peak RSS so far {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
