@@ -57,4 +57,17 @@ NR_CPA_EFAULT = 9  # calls aborted with -EFAULT
 NR_PTE_TABLES = 10  # page-table pages allocated by split_large_page()
 NR_HANDLE_ERRORS = 11  # simulated placement: events on a handle that is not live
 NR_PT_ALLOC_FAIL = 12  # simulated placement: page-table pages the buddy could not give
-NR_COUNTERS = 16
+DIRECT_MAP_LEVEL1_MERGE = 13  # cpa_merge: PTE table -> 2M leaf (merge_page_count)
+DIRECT_MAP_LEVEL2_MERGE = 14  # cpa_merge: PMD table -> 1G leaf
+DIRECT_MAP_LEVEL2_COLLAPSE = 15  # 6.15 collapse_page_count(PG_LEVEL_2M)
+DIRECT_MAP_LEVEL3_COLLAPSE = 16  # 6.15 collapse_page_count(PG_LEVEL_1G)
+NR_PT_FREED = 17  # page-table pages freed by merges and collapses
+NR_UNMAPPED_PAGEBLOCKS = 18  # migrate_unmapped: set_pageblock_unmapped() conversions
+NR_UNMAPPED_REFILLS = 19  # unmapped_alloc: cache refills from the buddy
+NR_COUNTERS = 24
+
+# _PAGE_KERNEL_4K (6.15, software bit 11): set_memory_4k() marks ptes never to collapse
+_PAGE_KERNEL_4K = 1 << 11
+
+# CPA_COLLAPSE (6.15)
+CPA_COLLAPSE = 16

@@ -35,6 +35,18 @@ CPAF_RAW = 4  # EV_H_CPA: a recorded call moved onto the handle's pages, applied
 
 CPAF_PRIMARY = 1  # the call's `primary` (checkalias) argument
 CPAF_FORCE_SPLIT = 2  # cpa->force_split (set_memory_4k)
+CPAF_COLLAPSE = 8  # CPA_COLLAPSE (6.15 set_memory_rox): collapse the range after the call
+
+# Who would ask for __GFP_UNMAPPED (docs/design-policies.md): EV_H_ALLOC and
+# EV_H_VMALLOC flags bits 12-15; a policy's unmapped_users picks the groups.
+UNMAPPED_SHIFT = 12
+UNMAPPED_NONE = 0
+UNMAPPED_SECRETMEM = 1  # memfd_secret pages
+UNMAPPED_MODULE = 2  # module_alloc()
+UNMAPPED_BPF = 3  # BPF JIT memory (bpf_jit_alloc_exec() -> module_alloc())
+UNMAPPED_OTHER = 4
+UNMAPPED_GROUPS = {"secretmem": UNMAPPED_SECRETMEM, "module": UNMAPPED_MODULE,
+                   "bpf": UNMAPPED_BPF, "other": UNMAPPED_OTHER}
 
 SPACE_DIRECT = "direct"
 SPACE_HIGHMAP = "highmap"
