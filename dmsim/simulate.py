@@ -34,21 +34,34 @@ def names_allocations_by_handle(trace: Trace) -> bool:
     return bool(np.isin(trace.events.kind, HANDLE_EVENTS).any())
 
 
-def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None) -> Replayed:
+class PolicyNeedsPlacement(ValueError):
+    """An allocation policy on a trace whose pages stay where they were recorded."""
+
+
+def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None,
+             policy=None) -> Replayed:
     """Recorded placement, or simulated placement when the trace names
-    allocations by handle (then `buddy` holds the allocator's final state)."""
+    allocations by handle (then `buddy` holds the allocator's final state).
+    `policy` (dmsim.policy.Policy, None for baseline) picks the allocation and
+    merge policies; an allocation policy needs simulated placement."""
     st = init_mem_mapping(trace.machine)
     boot = st.counters.copy()
-    if names_allocations_by_handle(trace):
+    by_handle = names_allocations_by_handle(trace)
+    if policy is not None and policy.alloc != "baseline" and not by_handle:
+        raise PolicyNeedsPlacement(
+            f"allocation policy {policy.alloc!r} decides where pages go: it needs simulated "
+            "placement (--placement simulate), and this trace has its pages where they were "
+            "recorded")
+    if by_handle:
         from .core.api import place
         from .core.buddy import buddy_from_machine
 
         buddy = buddy_from_machine(trace.machine)
         snaps = place(st, buddy, trace.events.columns(), len(trace.checkpoints),
                       int(trace.meta.get("handles", 0)), int(trace.meta.get("vmalloc_pages", 0)),
-                      progress)
+                      progress, policy=policy)
         return Replayed(trace, boot, st, snaps, buddy)
-    snaps = replay(st, trace.events.columns(), len(trace.checkpoints), progress)
+    snaps = replay(st, trace.events.columns(), len(trace.checkpoints), progress, policy=policy)
     return Replayed(trace, boot, st, snaps)
 
 
@@ -64,4 +77,25 @@ def counter_value(counters: np.ndarray, name: str) -> int:
         return int(counters[C.NR_DIRECT_2M]) << 11
     if name == "DirectMap1G":
         return int(counters[C.NR_DIRECT_1G]) << 20
+    if name in _EVENT_COUNTERS:
+        return int(counters[_EVENT_COUNTERS[name]])
     raise KeyError(name)
+
+
+# Merge policies' vmstat events (docs/design-policies.md) and page-table pages.
+_EVENT_COUNTERS = {
+    "direct_map_level1_merges": C.DIRECT_MAP_LEVEL1_MERGE,
+    "direct_map_level2_merges": C.DIRECT_MAP_LEVEL2_MERGE,
+    "direct_map_level2_collapses": C.DIRECT_MAP_LEVEL2_COLLAPSE,
+    "direct_map_level3_collapses": C.DIRECT_MAP_LEVEL3_COLLAPSE,
+    "nr_pte_tables": C.NR_PTE_TABLES,  # page-table pages split_large_page() allocated
+}
+
+REPORT_COUNTERS = (
+    "direct_map_level2_splits", "direct_map_level3_splits",
+    "direct_map_level1_merges", "direct_map_level2_merges",
+    "direct_map_level2_collapses", "direct_map_level3_collapses",
+    "DirectMap4k", "DirectMap2M", "DirectMap1G",
+    "nr_pte_tables",
+)
+"""The counters `dmsim diff` shows and `--fail-on` gates (all names counter_value knows)."""

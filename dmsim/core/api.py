@@ -8,16 +8,19 @@ import numpy as np
 
 from .constants import NR_COUNTERS
 from .replay import replay_events
-from .state import DirectMapState
+from .state import P_MERGE_POLICY, P_PT_LOG, DirectMapState
 
 CHUNK = 1 << 18
 
 
 def replay(st: DirectMapState, columns: tuple[np.ndarray, ...], nr_snapshots: int,
            progress: Callable[[int, int], None] | None = None,
-           chunk: int = CHUNK) -> np.ndarray:
+           chunk: int = CHUNK, policy=None) -> np.ndarray:
     """Replay the event columns on st in place; returns the checkpoint snapshots
-    (int64[nr_snapshots, NR_COUNTERS]). progress(done, total) after each chunk."""
+    (int64[nr_snapshots, NR_COUNTERS]). progress(done, total) after each chunk.
+    Recorded placement: only `policy`'s merge policy can apply."""
+    if policy is not None:
+        set_policy(st, policy)
     kind, arg0, arg1, mask_set, mask_clr, flags = columns
     total = int(kind.shape[0])
     snapshots = np.zeros((max(nr_snapshots, 1), NR_COUNTERS), np.int64)
@@ -37,10 +40,19 @@ def replay(st: DirectMapState, columns: tuple[np.ndarray, ...], nr_snapshots: in
 
 def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapshots: int,
           nr_handles: int, vmalloc_pages: int,
-          progress: Callable[[int, int], None] | None = None, chunk: int = CHUNK) -> np.ndarray:
+          progress: Callable[[int, int], None] | None = None, chunk: int = CHUNK,
+          policy=None) -> np.ndarray:
     """Replay with simulated placement (core/placement.py): the allocator
-    (`buddy`, a BuddyState) places every allocation named by handle."""
-    from .placement import place_events
+    (`buddy`, a BuddyState) places every allocation named by handle, under
+    `policy` (a dmsim.policy.Policy; None is baseline)."""
+    from .buddy import PAGEBLOCK_ORDER, enable_migrate_unmapped
+    from .placement import (
+        ALLOC_MIGRATE_UNMAPPED,
+        NR_POL,
+        POL_ALLOC,
+        POL_UNMAPPED_MASK,
+        place_events,
+    )
 
     kind, arg0, arg1, mask_set, mask_clr, flags = columns
     total = int(kind.shape[0])
@@ -50,15 +62,66 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
     h_len = np.zeros(max(nr_handles, 1), np.int64)
     pool = np.full(max(vmalloc_pages, 1), -1, np.int64)
     pool_used = np.zeros(1, np.int64)
+    pol = np.zeros(NR_POL, np.int64)
+    nr_pfns = buddy.nr_pfns
+    ucache_pfns = 1
+    if policy is not None:
+        set_policy(st, policy)
+        pol[POL_ALLOC] = policy.alloc_code
+        pol[POL_UNMAPPED_MASK] = policy.unmapped_mask
+        if policy.alloc_code == ALLOC_MIGRATE_UNMAPPED:
+            enable_migrate_unmapped(buddy, policy.collapse_free_pageblock)
+        elif policy.alloc == "unmapped_alloc":
+            ucache_pfns = nr_pfns
+    # unmapped_alloc's cache: its own free lists over the pfns (placement.cache_*)
+    uc = (np.full(ucache_pfns, -1, np.int32), np.full(ucache_pfns, -1, np.int32),
+          np.full(ucache_pfns, -1, np.int8), np.full(16, -1, np.int64),
+          np.zeros(max(ucache_pfns >> PAGEBLOCK_ORDER, 1), np.int8))
+    st.params[P_PT_LOG] = 1  # page-table pages come from and go back to the allocator
+    row_pfn = np.full(st.pte.shape[0], -1, np.int64)
+    pud_pfn = np.full(st.pud_state.shape[0], -1, np.int64)
     i = 0
     while i < total:
         stop = min(total, i + chunk)
         dm = (st.pud_state, st.pud_prot, st.pmd_state, st.pmd_prot, st.pmd_table, st.pte,
               st.nr_tables, st.counters, st.params, st.pfn_mapped)
         i = place_events(kind, arg0, arg1, mask_set, mask_clr, flags, i, stop, dm,
-                         buddy.arrays(), h_kind, h_base, h_len, pool, pool_used, snapshots)
-        if i < stop:  # the pte pool is too small for event i's worst case
-            st.ensure_tables(int(h_len.max()) + int(arg1[i] & 0xFFFFFFFF) + 3 + st.pte.shape[0])
+                         buddy.arrays(), h_kind, h_base, h_len, pool, pool_used, snapshots,
+                         pol, row_pfn, pud_pfn, uc)
+        if i < stop:  # the pte pool or the page-table log is too small for event i
+            need = event_need(int(kind[i]), int(arg0[i]), int(arg1[i]), h_kind, h_len)
+            st.ensure_tables(need + st.pte.shape[0])
+            st.ensure_log(4 * need + 64)
+            if row_pfn.shape[0] < st.pte.shape[0]:
+                grown = np.full(st.pte.shape[0], -1, np.int64)
+                grown[:row_pfn.shape[0]] = row_pfn
+                row_pfn = grown
         if progress is not None:
             progress(i, total)
+    st.params[P_PT_LOG] = 0
     return snapshots[:nr_snapshots]
+
+
+def event_need(k: int, h: int, a1: int, h_kind, h_len) -> int:
+    """placement.place_events()'s worst case of new page tables for one event."""
+    from . import placement as P
+
+    def pages(h: int) -> int:
+        if h_kind[h] == P.H_PAGES:
+            return 1 << int(h_len[h])
+        return int(h_len[h]) if h_kind[h] == P.H_VMALLOC else 0
+
+    if k == P.EV_CPA:
+        return (a1 >> 9) + 3
+    if k in (P.EV_H_CPA, P.EV_H_VFREE, P.EV_H_FREE):
+        return 2 * pages(h) + 3
+    if k == P.EV_H_ALLOC:
+        return 2 * (1 << a1) + 3
+    if k == P.EV_H_VMALLOC:
+        return 2 * a1 + 3
+    return 0
+
+
+def set_policy(st: DirectMapState, policy) -> None:
+    """The merge policy is a switch of the CPA core (state.P_MERGE_POLICY)."""
+    st.params[P_MERGE_POLICY] = policy.merge_code

@@ -65,13 +65,17 @@ MIGRATE_MOVABLE = 1
 MIGRATE_RECLAIMABLE = 2
 MIGRATE_PCPTYPES = 3  # the number of types on the pcp lists
 MIGRATE_HIGHATOMIC = MIGRATE_PCPTYPES
-MIGRATE_SPARE = 4  # free slot for a policy type (e.g. MIGRATE_UNMAPPED)
+MIGRATE_SPARE = 4  # free slot for a policy type
+# Rapoport's Jan 2022 RFC puts MIGRATE_UNMAPPED before MIGRATE_PCPTYPES (a pcp type);
+# dmsim keeps HIGHATOMIC at 3 and gives UNMAPPED the spare slot, pcp slot 3
+MIGRATE_UNMAPPED = MIGRATE_SPARE
 MIGRATE_TYPES = 5  # array dimension; 6.1 has CMA and ISOLATE here, which are never used
-MIGRATETYPE_NAMES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "")
+MIGRATETYPE_NAMES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "Unmapped")
 
 # NR_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1 + NR_PCP_THP)
 NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)
 NR_PCP_LISTS = NR_LOWORDER_PCP_LISTS + 1  # the THP list (CONFIG_TRANSPARENT_HUGEPAGE)
+PCP_STRIDE = 4 * (PAGE_ALLOC_COSTLY_ORDER + 1) + 1  # lists per zone with MIGRATE_UNMAPPED
 
 # page_flags bits
 PG_BUDDY = 1  # PageBuddy(): head of a free block on a free list
@@ -102,6 +106,7 @@ Z_PCP_FREE_FACTOR = 7  # pcp->free_factor
 Z_WMARK_MIN = 8  # _watermark[WMARK_MIN] (0: watermarks not modelled)
 Z_WMARK_LOW = 9  # _watermark[WMARK_LOW]
 Z_LOWMEM_RESERVE = 10  # lowmem_reserve[j] for j = this + 1 .. (3 columns)
+Z_UNMAPPED_COLLAPSE = 13  # copy of cfg[C_UNMAPPED_COLLAPSE] where __free_one_page() sees it
 NR_ZONE_FIELDS = 16
 
 # cfg switches
@@ -110,6 +115,9 @@ C_PCP_THP = 1  # 1: CONFIG_TRANSPARENT_HUGEPAGE: order-9 pages have a pcp list t
 C_NOFRAGMENT = 2  # 1: alloc_flags_nofragment() sets ALLOC_NOFRAGMENT for Normal
 C_PCP_BATCH_SCALE_MAX = 3  # CONFIG_PCP_BATCH_SCALE_MAX (5; backported to 6.1.y)
 C_NR_PCP_LISTS = 4  # NR_PCP_LISTS for the configuration
+C_PCPTYPES = 5  # MIGRATE_PCPTYPES: 3, or 4 with MIGRATE_UNMAPPED
+C_UNMAPPED = 6  # 1: migrate_unmapped policy (MIGRATE_UNMAPPED lists, fallbacks)
+C_UNMAPPED_COLLAPSE = 7  # 1: its disabled FIXME in __free_one_page() enabled
 NR_CFG = 8
 
 # stats: vm_event / zone counters, and the simulator's own
@@ -126,7 +134,11 @@ S_PCP_DRAIN = 13  # free_pcppages_bulk() calls
 S_BAD_FREE = 14  # free of a pfn that is not the head of an allocated block of that order
 S_NR_ALLOC = 15  # successful allocations
 S_NR_FREE_CALLS = 16  # frees
-NR_STATS = 24
+S_PB_LOG_OVERFLOW = 17  # collapse variant: pageblocks the log had no room for (a bug if > 0)
+S_PB_LOG_LEN = 23  # collapse variant: pageblocks given back to MOVABLE since last read
+S_PB_LOG = 24  # ... their indexes, from here
+PB_LOG_CAPACITY = 256
+NR_STATS = S_PB_LOG + PB_LOG_CAPACITY
 STAT_NAMES = {
     "nr_free_pages_dma": 0, "nr_free_pages_dma32": 1, "nr_free_pages_normal": 2,
     "pgalloc_dma": 3, "pgalloc_dma32": 4, "pgalloc_normal": 5, "pgfree": 6,
@@ -142,6 +154,16 @@ FALLBACKS_6_1 = np.array([
     [MIGRATE_UNMOVABLE, MIGRATE_MOVABLE, -1, -1],  # MIGRATE_RECLAIMABLE
     [-1, -1, -1, -1],  # MIGRATE_HIGHATOMIC: never falls back
     [-1, -1, -1, -1],  # spare type
+], dtype=np.int8)
+
+# fallbacks[] with CONFIG_ARCH_WANTS_GFP_UNMAPPED (Rapoport, Jan 2022 RFC): every type
+# falls back to MIGRATE_UNMAPPED last; UNMAPPED to UNMOVABLE, RECLAIMABLE, MOVABLE.
+FALLBACKS_UNMAPPED = np.array([
+    [MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE, MIGRATE_UNMAPPED, -1],  # MIGRATE_UNMOVABLE
+    [MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE, MIGRATE_UNMAPPED, -1],  # MIGRATE_MOVABLE
+    [MIGRATE_UNMOVABLE, MIGRATE_MOVABLE, MIGRATE_UNMAPPED, -1],  # MIGRATE_RECLAIMABLE
+    [-1, -1, -1, -1],  # MIGRATE_HIGHATOMIC
+    [MIGRATE_UNMOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE, -1],  # MIGRATE_UNMAPPED
 ], dtype=np.int8)
 
 # gfp bits (include/linux/gfp_types.h, 6.1)
@@ -294,8 +316,8 @@ def buddy_merge_likely(order_, flags, zone_info, pfn, buddy_pfn, order):
 
 @njit(cache=True, inline="always")
 def _mergeable(mt):
-    """migratetype_is_mergeable(): mt < MIGRATE_PCPTYPES."""
-    return mt < MIGRATE_PCPTYPES
+    """migratetype_is_mergeable(): mt < MIGRATE_PCPTYPES (which MIGRATE_UNMAPPED is)."""
+    return mt < MIGRATE_PCPTYPES or mt == MIGRATE_UNMAPPED
 
 
 @njit(cache=True, inline="always")
@@ -319,11 +341,27 @@ def __free_one_page(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_
         del_page_from_free_list(nxt, prv, order_, flags, free_ends, free_count, buddy_pfn, zone, order)
         pfn = buddy_pfn & pfn
         order += 1
+    if order >= PAGEBLOCK_ORDER and zone_info[zone, Z_UNMAPPED_COLLAPSE] != 0:
+        # done_merging: the Jan 2022 RFC's `#if 0` FIXME: "collapse PMD-size page in the
+        # direct map and move the pageblock from MIGRATE_UNMAPPED to another migrate type"
+        for pb in range(pfn >> PAGEBLOCK_ORDER, (pfn >> PAGEBLOCK_ORDER) + (1 << (order - PAGEBLOCK_ORDER))):
+            if pb_mt[pb] == MIGRATE_UNMAPPED:
+                pb_mt[pb] = MIGRATE_MOVABLE  # set_pageblock_migratetype(page, MIGRATE_MOVABLE)
+                n = stats[S_PB_LOG_LEN]
+                if n < PB_LOG_CAPACITY:
+                    stats[S_PB_LOG + n] = pb  # the caller restores its 2M leaf
+                    stats[S_PB_LOG_LEN] = n + 1
+                else:
+                    stats[S_PB_LOG_OVERFLOW] += 1
+    list_mt = np.int64(mt)
+    if order >= PAGEBLOCK_ORDER and list_mt == MIGRATE_UNMAPPED and zone_info[zone, Z_UNMAPPED_COLLAPSE] != 0:
+        list_mt = MIGRATE_MOVABLE  # the block joins the lists of its new type
     if fpi & FPI_TO_TAIL:
         to_tail = True
     else:
         to_tail = buddy_merge_likely(order_, flags, zone_info, pfn, buddy_pfn, order)
-    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, pfn, zone, order, mt, to_tail)
+    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, pfn, zone, order, list_mt,
+                     to_tail)
 
 
 @njit(cache=True, inline="always")
@@ -387,7 +425,7 @@ def can_steal_fallback(order, start_mt):
     if order >= PAGEBLOCK_ORDER:
         return True
     if (order >= PAGEBLOCK_ORDER // 2 or start_mt == MIGRATE_RECLAIMABLE
-            or start_mt == MIGRATE_UNMOVABLE):
+            or start_mt == MIGRATE_UNMOVABLE or start_mt == MIGRATE_UNMAPPED):
         return True
     return False
 
@@ -422,6 +460,10 @@ def steal_suitable_fallback(nxt, prv, order_, flags, pb_mt, free_ends, free_coun
     single_page = False
     if old_block_type == MIGRATE_HIGHATOMIC:
         single_page = True  # never take over highatomic reserves
+    elif start_type == MIGRATE_UNMAPPED:
+        # Jan 2022 RFC: "the entire pageblock will be moved, but it is handled later in
+        # get_page_from_freelist()" (set_pageblock_unmapped(), simulated placement)
+        single_page = True
     elif current_order >= PAGEBLOCK_ORDER:
         # change_pageblock_range(): take ownership of every pageblock in the block
         for i in range(1 << (current_order - PAGEBLOCK_ORDER)):
@@ -515,25 +557,27 @@ def pcp_allowed_order(cfg, order):
 
 
 @njit(cache=True, inline="always")
-def order_to_pindex(mt, order):
+def order_to_pindex(cfg, mt, order):
     """order_to_pindex(): MIGRATE_PCPTYPES lists per order; one shared list for THP."""
     if order > PAGE_ALLOC_COSTLY_ORDER:
-        return NR_LOWORDER_PCP_LISTS
-    return MIGRATE_PCPTYPES * order + mt
+        return cfg[C_PCPTYPES] * (PAGE_ALLOC_COSTLY_ORDER + 1)
+    if mt == MIGRATE_UNMAPPED:
+        mt = MIGRATE_PCPTYPES  # its pcp slot: the type after RECLAIMABLE, as in the RFC
+    return cfg[C_PCPTYPES] * order + mt
 
 
 @njit(cache=True, inline="always")
-def pindex_to_order(pindex):
-    if pindex == NR_LOWORDER_PCP_LISTS:
+def pindex_to_order(cfg, pindex):
+    if pindex == cfg[C_PCPTYPES] * (PAGE_ALLOC_COSTLY_ORDER + 1):
         return PAGEBLOCK_ORDER
-    return pindex // MIGRATE_PCPTYPES
+    return pindex // cfg[C_PCPTYPES]
 
 
 @njit(cache=True)
 def rmqueue_bulk(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
                  stats, fallbacks, zone, order, count, pindex, mt, alloc_flags):
     """rmqueue_bulk(): take up to count blocks with __rmqueue, each to the pcp list's tail."""
-    pid = zone * NR_PCP_LISTS + pindex
+    pid = zone * PCP_STRIDE + pindex
     i = 0
     while i < count:
         pfn = __rmqueue(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info, stats,
@@ -562,14 +606,14 @@ def free_pcppages_bulk(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pc
             pindex += 1
             if pindex > max_pindex:
                 pindex = min_pindex
-            if pcp_ends[zone * NR_PCP_LISTS + pindex, 0] >= 0:
+            if pcp_ends[zone * PCP_STRIDE + pindex, 0] >= 0:
                 break
             if pindex == max_pindex:
                 max_pindex -= 1
             if pindex == min_pindex:
                 min_pindex += 1
-        pid = zone * NR_PCP_LISTS + pindex
-        order = pindex_to_order(pindex)
+        pid = zone * PCP_STRIDE + pindex
+        order = pindex_to_order(cfg, pindex)
         nr_pages = 1 << order
         while True:
             pfn = pcp_ends[pid, 1]  # list_last_entry()
@@ -586,11 +630,11 @@ def free_pcppages_bulk(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pc
 
 @njit(cache=True, inline="always")
 def rmqueue_pcplist(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
-                    stats, fallbacks, zone, order, mt, alloc_flags):
+                    stats, fallbacks, cfg, zone, order, mt, alloc_flags):
     """rmqueue_pcplist() + __rmqueue_pcplist(): head of the pcp list, refilled when empty."""
     zone_info[zone, Z_PCP_FREE_FACTOR] >>= 1
-    pindex = order_to_pindex(mt, order)
-    pid = zone * NR_PCP_LISTS + pindex
+    pindex = order_to_pindex(cfg, mt, order)
+    pid = zone * PCP_STRIDE + pindex
     if pcp_ends[pid, 0] < 0:
         batch = zone_info[zone, Z_PCP_BATCH]
         if batch > 1:
@@ -641,7 +685,9 @@ def zone_watermark_ok(free_ends, zone_info, stats, zone, order, mark, highest_zo
     if order == 0:
         return True
     for o in range(order, MAX_ORDER):
-        for mt in range(MIGRATE_PCPTYPES):
+        for mt in range(MIGRATE_TYPES):
+            if mt == MIGRATE_HIGHATOMIC:
+                continue  # counted only for ALLOC_HARDER/OOM requests
             if free_ends[_lid(zone, o, mt), 0] >= 0:
                 return True
     return False
@@ -653,7 +699,7 @@ def rmqueue(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zon
     """rmqueue(): pcp lists for pcp_allowed_order(), else (or on failure) the buddy lists."""
     if cfg[C_PCP] != 0 and pcp_allowed_order(cfg, order):
         pfn = rmqueue_pcplist(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends,
-                              zone_info, stats, fallbacks, zone, order, mt, alloc_flags)
+                              zone_info, stats, fallbacks, cfg, zone, order, mt, alloc_flags)
         if pfn >= 0:
             return pfn
     return rmqueue_buddy(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info, stats,
@@ -762,11 +808,11 @@ def free_unref_page(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_e
     migratetype = pb_mt[pfn >> PAGEBLOCK_ORDER]  # free_unref_page_prepare()
     order_[pfn] = order | (migratetype << 4)  # set_pcppage_migratetype()
     pcpmigratetype = migratetype
-    if migratetype >= MIGRATE_PCPTYPES:
-        pcpmigratetype = MIGRATE_MOVABLE  # highatomic (and policy types) share movable's list
+    if migratetype == MIGRATE_HIGHATOMIC:
+        pcpmigratetype = MIGRATE_MOVABLE  # highatomic shares movable's list
     stats[S_PGFREE] += 1 << order
-    pindex = order_to_pindex(pcpmigratetype, order)
-    _list_add(nxt, prv, pcp_ends, zone * NR_PCP_LISTS + pindex, pfn, False)
+    pindex = order_to_pindex(cfg, pcpmigratetype, order)
+    _list_add(nxt, prv, pcp_ends, zone * PCP_STRIDE + pindex, pfn, False)
     flags[pfn] |= PG_PCP
     zone_info[zone, Z_PCP_COUNT] += 1 << order
     free_high = (zone_info[zone, Z_PCP_FREE_FACTOR] != 0 and order != 0
@@ -940,8 +986,10 @@ class BuddyState:
         """alloc_pages(): pfn of a 2^order block, or -1 (counted in stats)."""
         if not (0 <= order < MAX_ORDER):
             raise ValueError(f"order {order} outside 0..{MAX_ORDER - 1}")
-        if not (0 <= migratetype < MIGRATE_PCPTYPES):
-            raise ValueError(f"migratetype {migratetype}: requests are 0..2")
+        if not (0 <= migratetype < MIGRATE_PCPTYPES or
+                (migratetype == MIGRATE_UNMAPPED and self.cfg[C_UNMAPPED])):
+            raise ValueError(f"migratetype {migratetype}: requests are 0..2 "
+                             "(4 with MIGRATE_UNMAPPED)")
         if not (0 <= highest_zoneidx < MAX_NR_ZONES):
             raise ValueError(f"zone {highest_zoneidx} outside 0..2")
         return int(alloc_pages(*self.arrays(), highest_zoneidx, order, migratetype))
@@ -992,7 +1040,7 @@ class BuddyState:
         return _walk(self.page_next, int(self.free_ends[_lid_py(zone, order, mt), 0]))
 
     def pcp_list(self, zone: int, pindex: int) -> list[int]:
-        return _walk(self.page_next, int(self.pcp_ends[zone * NR_PCP_LISTS + pindex, 0]))
+        return _walk(self.page_next, int(self.pcp_ends[zone * PCP_STRIDE + pindex, 0]))
 
     def free_lists(self) -> dict[tuple[int, int, int], list[int]]:
         """Every non-empty free list, keyed (zone, order, migratetype)."""
@@ -1007,8 +1055,8 @@ class BuddyState:
     def pcp_lists(self) -> dict[tuple[int, int], list[int]]:
         out = {}
         for z in range(MAX_NR_ZONES):
-            for i in range(NR_PCP_LISTS):
-                if self.pcp_ends[z * NR_PCP_LISTS + i, 0] >= 0:
+            for i in range(int(self.cfg[C_NR_PCP_LISTS])):
+                if self.pcp_ends[z * PCP_STRIDE + i, 0] >= 0:
                     out[(z, i)] = self.pcp_list(z, i)
         return out
 
@@ -1076,7 +1124,7 @@ def buddy_init(memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp: bool = True,
         pageblock_mt=np.zeros(nr_pfns >> PAGEBLOCK_ORDER, np.uint8),
         free_ends=np.full((nlists, 2), -1, np.int32),
         free_count=np.zeros(nlists, np.int64),
-        pcp_ends=np.full((MAX_NR_ZONES * NR_PCP_LISTS, 2), -1, np.int32),
+        pcp_ends=np.full((MAX_NR_ZONES * PCP_STRIDE, 2), -1, np.int32),
         zone_info=np.zeros((MAX_NR_ZONES, NR_ZONE_FIELDS), np.int64),
         stats=np.zeros(NR_STATS, np.int64),
         fallbacks=(FALLBACKS_6_1 if fallbacks is None else np.asarray(fallbacks, np.int8)).copy(),
@@ -1091,6 +1139,7 @@ def buddy_init(memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp: bool = True,
     st.cfg[C_PCP_THP] = int(pcp_thp)
     st.cfg[C_NOFRAGMENT] = int(nofragment)
     st.cfg[C_PCP_BATCH_SCALE_MAX] = pcp_batch_scale_max
+    st.cfg[C_PCPTYPES] = MIGRATE_PCPTYPES
     st.cfg[C_NR_PCP_LISTS] = NR_PCP_LISTS if pcp_thp else NR_LOWORDER_PCP_LISTS
     mem_arr = np.array(mem, np.int64).reshape(-1, 2)
     memmap_init(st.pageblock_mt, st.page_flags, st.zone_info, mem_arr)
@@ -1108,6 +1157,20 @@ def buddy_init(memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp: bool = True,
     for z in range(MAX_NR_ZONES):
         st.zone_info[z, Z_PCP_BATCH], st.zone_info[z, Z_PCP_HIGH] = bh[z]
     return st
+
+
+def enable_migrate_unmapped(st: BuddyState, collapse_free_pageblock: bool = False) -> None:
+    """Turn st into the Jan 2022 RFC's allocator: MIGRATE_UNMAPPED as a fourth pcp
+    type with its fallbacks (call before the first allocation: pcp lists must be empty)."""
+    if st.zone_info[:, Z_PCP_COUNT].any():
+        raise ValueError("enable_migrate_unmapped() after pages went through the pcp lists")
+    st.cfg[C_UNMAPPED] = 1
+    st.cfg[C_PCPTYPES] = MIGRATE_PCPTYPES + 1
+    lowo = (MIGRATE_PCPTYPES + 1) * (PAGE_ALLOC_COSTLY_ORDER + 1)
+    st.cfg[C_NR_PCP_LISTS] = lowo + 1 if st.cfg[C_PCP_THP] else lowo
+    st.cfg[C_UNMAPPED_COLLAPSE] = int(collapse_free_pageblock)
+    st.zone_info[:, Z_UNMAPPED_COLLAPSE] = int(collapse_free_pageblock)
+    st.fallbacks[:] = FALLBACKS_UNMAPPED
 
 
 def buddy_from_machine(machine, *, reserve_first_mib: bool = True, **kw) -> BuddyState:

@@ -24,6 +24,11 @@ PAT = U64(0x80)  # _PAGE_PAT (4K entries) shares bit 7 with _PAGE_PSE
 PAT_LARGE = U64(0x1000)  # _PAGE_PAT_LARGE
 ZERO = U64(0)
 KNL_ERRATUM_MASK = U64(C._PAGE_DIRTY | C._PAGE_ACCESSED)
+KERNEL_4K = U64(C._PAGE_KERNEL_4K)
+SPLITPGT = U64(S.SPLITPGT)
+CPAF_PRIMARY = 1  # mirrored from dmsim/trace/events.py (tests/test_events.py)
+CPAF_FORCE_SPLIT = 2
+CPAF_COLLAPSE = 8
 
 LEVEL_NONE = 0
 LEVEL_4K = 1
@@ -43,10 +48,15 @@ def protval_4k_2_large(val):
 
 
 @njit(cache=True, inline="always")
-def pgprot_clear_protnone_bits(val):
-    """A !PRESENT entry must not look like PROT_NONE: drop _PAGE_GLOBAL."""
+def pgprot_clear_protnone_bits(val, params):
+    """A !PRESENT entry must not look like PROT_NONE: drop _PAGE_GLOBAL. The cpa
+    merge series (Aaron Lu, "[RFC PATCH 1/4] x86/mm/cpa: restore global bit when
+    page is present") sets it back on present entries, or an invalid/default
+    cycle would leave a pte that never matches its neighbours again."""
     if (val & PRESENT) == ZERO:
         return val & ~GLOBAL
+    if params[S.P_MERGE_POLICY] == S.MERGE_CPA:
+        return val | GLOBAL  # _PAGE_GLOBAL & __default_kernel_pte_mask (no PTI)
     return val
 
 
@@ -144,6 +154,192 @@ def split_page_count(counters, level):
     counters[level - 2] += 512
 
 
+@njit(cache=True, inline="always")
+def alloc_row(nr_tables, pte):
+    """A pte[] row for a new pte table: the last one freed, else a new one."""
+    row = nr_tables[S.NT_FREE_HEAD]
+    if row >= 0:
+        nr_tables[S.NT_FREE_HEAD] = np.int64(pte[row, 0]) - 1
+        return row
+    row = nr_tables[S.NT_USED]
+    nr_tables[S.NT_USED] += 1
+    return row
+
+
+@njit(cache=True, inline="always")
+def free_row(nr_tables, pte, row):
+    pte[row, 0] = U64(nr_tables[S.NT_FREE_HEAD] + 1)
+    nr_tables[S.NT_FREE_HEAD] = row
+
+
+@njit(cache=True, inline="always")
+def pt_log(nr_tables, params, ident, is_pmd_table, is_free):
+    """Record a page-table page allocated (split) or freed (merge, collapse),
+    in order, for simulated placement to take from / give to the buddy."""
+    if params[S.P_PT_LOG] == 0:
+        return
+    n = nr_tables[S.NT_LOG_LEN]
+    if S.NT_LOG + n >= nr_tables.shape[0]:
+        nr_tables[S.NT_LOG_OVERFLOW] += 1  # no room: place() sizes the log for each event
+        return
+    nr_tables[S.NT_LOG + n] = (ident << 2) | (is_pmd_table << 1) | is_free
+    nr_tables[S.NT_LOG_LEN] = n + 1
+
+
+@njit(cache=True, inline="always")
+def merge_page_count(counters, level):
+    """merge_page_count() (cpa merge patch): 512 leaves become one a level up."""
+    if counters[level - 1] < 512:
+        return  # WARN_ON_ONCE
+    counters[level - 1] -= 512
+    if counters[C.SYSTEM_RUNNING] != 0:
+        if level == LEVEL_4K:
+            counters[C.DIRECT_MAP_LEVEL1_MERGE] += 1
+        elif level == LEVEL_2M:
+            counters[C.DIRECT_MAP_LEVEL2_MERGE] += 1
+    counters[level] += 1
+
+
+@njit(cache=True, inline="always")
+def collapse_page_count(counters, level):
+    """collapse_page_count() (6.15)."""
+    counters[level - 1] += 1
+    if counters[C.SYSTEM_RUNNING] != 0:
+        if level == LEVEL_2M:
+            counters[C.DIRECT_MAP_LEVEL2_COLLAPSE] += 1
+        elif level == LEVEL_1G:
+            counters[C.DIRECT_MAP_LEVEL3_COLLAPSE] += 1
+    counters[level - 2] -= 512
+
+
+@njit(cache=True)
+def merge_pmd_table(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters, params):
+    """set_pte_adjust_nr_same_prot() on a split PMD table, then
+    merge_splitted_mapping(PG_LEVEL_2M): all 512 entries present 2M leaves with
+    one protection -> one 1G leaf; the table page is freed."""
+    if pud_state[gb] != S.ENTRY_TABLE or pud_prot[gb] != SPLITPGT:
+        return
+    base = gb << 9
+    first = pmd_prot[base]
+    if pmd_state[base] != S.ENTRY_LEAF or (first & PRESENT) == ZERO or (first & PSE) == ZERO:
+        return
+    for i in range(1, 512):
+        if pmd_state[base + i] != S.ENTRY_LEAF or pmd_prot[base + i] != first:
+            return
+    pud_state[gb] = S.ENTRY_LEAF
+    pud_prot[gb] = first
+    for i in range(512):
+        pmd_state[base + i] = S.ENTRY_NONE
+        pmd_prot[base + i] = ZERO
+    pt_log(nr_tables, params, gb, 1, 1)
+    counters[C.NR_PT_FREED] += 1
+    merge_page_count(counters, LEVEL_2M)
+
+
+@njit(cache=True)
+def merge_pte_table(pi, pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables,
+                    counters, params):
+    """set_pte_adjust_nr_same_prot() on a split pte table, then
+    merge_splitted_mapping(PG_LEVEL_4K): all 512 ptes present with one
+    protection -> one 2M leaf (pgprot_4k_2_large() | _PAGE_PSE); the new leaf
+    is a write to the PMD table above, which may merge in turn."""
+    if pmd_state[pi] != S.ENTRY_TABLE or pmd_prot[pi] != SPLITPGT:
+        return
+    row = pmd_table[pi]
+    first = pte[row, 0]
+    if (first & PRESENT) == ZERO:
+        return
+    for i in range(1, 512):
+        if pte[row, i] != first:
+            return
+    pmd_state[pi] = S.ENTRY_LEAF
+    pmd_prot[pi] = protval_4k_2_large(first) | PSE
+    pmd_table[pi] = -1
+    free_row(nr_tables, pte, row)
+    pt_log(nr_tables, params, row, 0, 1)
+    counters[C.NR_PT_FREED] += 1
+    merge_page_count(counters, LEVEL_4K)
+    merge_pmd_table(pi >> 9, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                    params)
+
+
+@njit(cache=True)
+def collapse_pmd_page(pi, pud_state, pmd_state, pmd_prot, pmd_table, pte, nr_tables,
+                      counters, params, pfn_mapped):
+    """collapse_pmd_page() (6.15): a pte table whose first pfn is 2M-aligned,
+    first pte without _PAGE_KERNEL_4K, the other 511 present with the first's
+    flags (pfns are contiguous by construction) -> a 2M leaf. Returns 1 when
+    collapsed."""
+    if pmd_state[pi] != S.ENTRY_TABLE:
+        return 0
+    row = pmd_table[pi]
+    pfn = vpfn_to_pfn(params, pi << 9)
+    if (pfn & 511) != 0:
+        return 0
+    first = pte[row, 0]
+    if (first & KERNEL_4K) != ZERO:
+        return 0
+    for i in range(1, 512):
+        e = pte[row, i]
+        if (e & PRESENT) == ZERO or e != first:
+            return 0
+    pmd_state[pi] = S.ENTRY_LEAF
+    pmd_prot[pi] = protval_4k_2_large(first) | PSE
+    pmd_table[pi] = -1
+    free_row(nr_tables, pte, row)
+    pt_log(nr_tables, params, row, 0, 1)
+    counters[C.NR_PT_FREED] += 1
+    if pfn_range_is_mapped(pfn_mapped, pfn):  # virt_addr_valid() && pfn_range_is_mapped()
+        collapse_page_count(counters, LEVEL_2M)
+    return 1
+
+
+@njit(cache=True)
+def collapse_pud_page(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                      params, pfn_mapped):
+    """collapse_pud_page() (6.15): only with direct_gbpages; 512 present 2M
+    leaves with the first's flags, first pfn 1G-aligned -> a 1G leaf."""
+    if params[S.P_GBPAGES] == 0 or pud_state[gb] != S.ENTRY_TABLE:
+        return 0
+    base = gb << 9
+    pfn = vpfn_to_pfn(params, base)
+    first = pmd_prot[base]
+    if pmd_state[base] != S.ENTRY_LEAF or (pfn & 262143) != 0:
+        return 0
+    for i in range(1, 512):
+        if pmd_state[base + i] != S.ENTRY_LEAF or (pmd_prot[base + i] & PRESENT) == ZERO \
+                or pmd_prot[base + i] != first:
+            return 0
+    pud_state[gb] = S.ENTRY_LEAF
+    pud_prot[gb] = first
+    for i in range(512):
+        pmd_state[base + i] = S.ENTRY_NONE
+        pmd_prot[base + i] = ZERO
+    pt_log(nr_tables, params, gb, 1, 1)
+    counters[C.NR_PT_FREED] += 1
+    if pfn_range_is_mapped(pfn_mapped, pfn):
+        collapse_page_count(counters, LEVEL_1G)
+    return 1
+
+
+@njit(cache=True)
+def cpa_collapse_large_pages(vpfn, numpages, pud_state, pud_prot, pmd_state, pmd_prot,
+                             pmd_table, pte, nr_tables, counters, params, pfn_mapped):
+    """cpa_collapse_large_pages() from cpa_flush() (6.15, CPA_COLLAPSE): every
+    2M step from the 2M-aligned start to the end of the call's range,
+    collapse_large_pages(): the pte table, and if it collapsed, the PMD table."""
+    addr = vpfn & ~511
+    end = vpfn + numpages
+    while addr < end:
+        gb = addr >> 18
+        if gb < pud_state.shape[0] and pud_state[gb] == S.ENTRY_TABLE:
+            if collapse_pmd_page(addr >> 9, pud_state, pmd_state, pmd_prot, pmd_table, pte,
+                                 nr_tables, counters, params, pfn_mapped):
+                collapse_pud_page(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables,
+                                  counters, params, pfn_mapped)
+        addr += 512
+
+
 @njit(cache=True, error_model="numpy")
 def split_large_page(level, slot, vpfn, force_static_prot, pud_state, pud_prot,
                      pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
@@ -152,9 +348,9 @@ def split_large_page(level, slot, vpfn, force_static_prot, pud_state, pud_prot,
     that inherit its protection (one page-table page from the buddy, order 0)."""
     if level == LEVEL_2M:
         base = slot << 9
-        ref_prot = pgprot_clear_protnone_bits(protval_large_2_4k(pmd_prot[slot]))
-        row = nr_tables[0]
-        nr_tables[0] += 1
+        ref_prot = pgprot_clear_protnone_bits(protval_large_2_4k(pmd_prot[slot]), params)
+        row = alloc_row(nr_tables, pte)
+        pt_log(nr_tables, params, row, 0, 0)
         base_pfn = vpfn_to_pfn(params, base)
         for i in range(512):
             p = ref_prot
@@ -165,19 +361,20 @@ def split_large_page(level, slot, vpfn, force_static_prot, pud_state, pud_prot,
             pte[row, i] = p
         pmd_state[slot] = S.ENTRY_TABLE
         pmd_table[slot] = row
-        pmd_prot[slot] = ZERO
+        pmd_prot[slot] = SPLITPGT
     else:
         ref_prot = pud_prot[slot]
         if (ref_prot & PRESENT) == ZERO:
             ref_prot &= ~PSE
-        ref_prot = pgprot_clear_protnone_bits(ref_prot)
+        ref_prot = pgprot_clear_protnone_bits(ref_prot, params)
         # a 2M child cannot be fixed up: "Cannot fixup static protections for PUD split"
         for i in range(512):
             pmd_state[(slot << 9) + i] = S.ENTRY_LEAF
             pmd_prot[(slot << 9) + i] = ref_prot
             pmd_table[(slot << 9) + i] = -1
         pud_state[slot] = S.ENTRY_TABLE
-        pud_prot[slot] = ZERO
+        pud_prot[slot] = SPLITPGT
+        pt_log(nr_tables, params, slot, 1, 0)
     counters[C.NR_PTE_TABLES] += 1
     # virt_addr_valid(address) && pfn_range_is_mapped(pfn, pfn + 1)
     if pfn_range_is_mapped(pfn_mapped, vpfn_to_pfn(params, vpfn)):
@@ -209,7 +406,7 @@ def change_large_page(level, slot, vpfn, numpages, mask_set, mask_clr, force_spl
     if n > numpages:
         n = numpages
     req_prot = (protval_large_2_4k(old_prot) & ~mask_clr) | mask_set
-    req_prot = pgprot_clear_protnone_bits(protval_4k_2_large(req_prot))
+    req_prot = pgprot_clear_protnone_bits(protval_4k_2_large(req_prot), params)
     if (req_prot & PRESENT) != ZERO:
         req_prot |= PSE
     old_pfn = vpfn_to_pfn(params, lpbase)
@@ -236,6 +433,9 @@ def change_large_page(level, slot, vpfn, numpages, mask_set, mask_clr, force_spl
         return 0, fsp
     if level == LEVEL_2M:  # all checks passed: rewrite the leaf in place
         pmd_prot[slot] = new_prot
+        if params[S.P_MERGE_POLICY] == S.MERGE_CPA:  # __set_pmd_pte() on a split PMD table
+            merge_pmd_table(slot >> 9, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables,
+                            counters, params)
     else:
         pud_prot[slot] = new_prot
     return n, fsp
@@ -270,7 +470,12 @@ def change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_
             # lpsize = 0 enforces the protection mechanism on the single page
             new_prot = static_protections(new_prot, cur, vpfn_to_pfn(params, cur), 1, 0,
                                           params, counters, pud_state, pmd_state, pmd_table, pte)
-            pte[slot, i] = pgprot_clear_protnone_bits(new_prot)
+            new_prot = pgprot_clear_protnone_bits(new_prot, params)
+            if new_prot != pte[slot, i]:
+                pte[slot, i] = new_prot
+                if params[S.P_MERGE_POLICY] == S.MERGE_CPA:
+                    merge_pte_table(cur >> 9, pud_state, pud_prot, pmd_state, pmd_prot,
+                                    pmd_table, pte, nr_tables, counters, params)
             done = 1
         elif level == LEVEL_NONE:
             # __cpa_process_fault()
@@ -286,3 +491,20 @@ def change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_
                                           pmd_table, pte, nr_tables, counters, params, pfn_mapped)
         rem -= done
         cur += done
+
+
+@njit(cache=True, error_model="numpy")
+def cpa_apply(vpfn, numpages, mask_set, mask_clr, cpa_flags, pud_state, pud_prot, pmd_state,
+              pmd_prot, pmd_table, pte, nr_tables, counters, params, pfn_mapped):
+    """One call as the policy's kernel makes it: 6.15 (rox_collapse) marks
+    set_memory_4k() ptes _PAGE_KERNEL_4K and collapses after CPA_COLLAPSE calls."""
+    force_split = (cpa_flags & CPAF_FORCE_SPLIT) != 0
+    rox = params[S.P_MERGE_POLICY] == S.MERGE_ROX
+    if rox and force_split:
+        mask_set |= KERNEL_4K
+    change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, (cpa_flags & CPAF_PRIMARY) != 0,
+                             force_split, pud_state, pud_prot, pmd_state, pmd_prot, pmd_table,
+                             pte, nr_tables, counters, params, pfn_mapped)
+    if rox and (cpa_flags & CPAF_COLLAPSE) != 0:
+        cpa_collapse_large_pages(vpfn, numpages, pud_state, pud_prot, pmd_state, pmd_prot,
+                                 pmd_table, pte, nr_tables, counters, params, pfn_mapped)

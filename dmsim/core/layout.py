@@ -34,6 +34,7 @@ from .state import (
     ENTRY_LEAF,
     ENTRY_NONE,
     ENTRY_TABLE,
+    P_GBPAGES,
     P_HAVE_KERNEL,
     P_HIGHMAP_PFN,
     P_HIGHMAP_VPFN,
@@ -388,6 +389,7 @@ def init_mem_mapping(machine: Machine) -> DirectMapState:
     p = st.params
     p[P_HIGHMAP_VPFN] = highmap_vpfn
     p[P_MAX_PFN_MAPPED] = boot.max_pfn_mapped
+    p[P_GBPAGES] = 1 if machine.gbpages else 0  # direct_gbpages
     if machine.kernel is not None:
         k = machine.kernel
         _map_highmap(st, machine, highmap_vpfn)

@@ -13,8 +13,13 @@ kernel's alias rules (docs/design-simulated-placement.md):
   set_direct_map_invalid_noflush() on every page, then
   set_direct_map_default_noflush() on every page, then the pages are freed;
 - split_large_page() takes each new page-table page with
-  alloc_pages(GFP_KERNEL, 0); nothing else allocates during a CPA call, so the
-  call's new tables are allocated right after it.
+  alloc_pages(GFP_KERNEL, 0), and merges and collapses free theirs with
+  __free_page(): the core logs them in order (cpa.pt_log) and settle() gives
+  them to / takes them from the allocator right after the call.
+
+The allocation policies of docs/design-policies.md hook in where their patches
+do: alloc_hook() (get_page_from_freelist(), post_alloc_hook(),
+unmapped_pages_alloc()) and free_hook() (free_pages_prepare()).
 """
 
 from __future__ import annotations
@@ -23,10 +28,21 @@ import numpy as np
 from numba import njit
 
 from . import constants as C
-from .buddy import MIGRATE_UNMOVABLE, claim_block
+from . import state as S
+from .buddy import (
+    MAX_ORDER,
+    MIGRATE_UNMAPPED,
+    MIGRATE_UNMOVABLE,
+    PAGEBLOCK_ORDER,
+    S_PB_LOG,
+    S_PB_LOG_LEN,
+    claim_block,
+    move_freepages_block,
+    page_zonenum,
+)
 from .buddy import alloc_pages as _alloc_pages
 from .buddy import free_pages as _free_pages
-from .cpa import NX, ZERO, change_page_attr_set_clr
+from .cpa import NX, ZERO, collapse_pmd_page, cpa_apply
 from .zones import ZONE_NORMAL
 
 # mirrored from dmsim/trace/events.py (tests/test_events.py pins them)
@@ -43,7 +59,18 @@ EV_H_CLAIM = 12
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
 CPAF_RAW = 4
+CPAF_COLLAPSE = 8
 VFREE_RESET_PERMS = 1
+UNMAPPED_SHIFT = 12
+
+# allocation policies (dmsim/policy.py ALLOC_POLICIES)
+ALLOC_BASELINE = 0
+ALLOC_MIGRATE_UNMAPPED = 1
+ALLOC_UNMAPPED_CACHE = 2
+# pol[] (an int64 array the loop takes)
+POL_ALLOC = 0
+POL_UNMAPPED_MASK = 1  # 1 << group for each user group that asks for __GFP_UNMAPPED
+NR_POL = 4
 
 # The allocator's entry points, inlined into this loop only: a call of an njit
 # function with a dozen array arguments costs reference-count traffic on each,
@@ -58,21 +85,206 @@ H_VMALLOC = 2
 P_INVALID = np.uint64(C._PAGE_PRESENT | C._PAGE_RW)  # set_direct_map_invalid/default
 
 
-@njit(cache=True)
-def _cpa(vpfn, numpages, mask_set, mask_clr, primary, force_split, dm, buddy):
-    """One __change_page_attr_set_clr() call, then its page-table pages from the buddy."""
+@njit(cache=True, inline="always")
+def cpa1(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm):
     (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
      pfn_mapped) = dm
-    before = counters[C.NR_PTE_TABLES]
-    change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_split,
-                             pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte,
-                             nr_tables, counters, params, pfn_mapped)
-    (nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
+    cpa_apply(vpfn, numpages, mask_set, mask_clr, cpa_flags, pud_state, pud_prot, pmd_state,
+              pmd_prot, pmd_table, pte, nr_tables, counters, params, pfn_mapped)
+
+
+# -- unmapped_alloc's cache (Rapoport, Mar 2023: mm/unmapped-alloc.c) ---------------
+# uc = (c_next int32[nr_pfns], c_prev int32[nr_pfns], c_order int8[nr_pfns]: order of a
+#       free cache block at its head or -1, c_heads int64[MAX_ORDER],
+#       pb_unmapped int8[nr_pageblocks]: PB_unmapped)
+
+@njit(cache=True)
+def cache_add(uc, pfn, order):
+    """add_to_free_list() + set_unmapped_order(): list_add(), the head."""
+    c_next, c_prev, c_order, c_heads, _ = uc
+    head = c_heads[order]
+    c_next[pfn] = head
+    c_prev[pfn] = -1
+    if head >= 0:
+        c_prev[head] = pfn
+    c_heads[order] = pfn
+    c_order[pfn] = order
+
+
+@njit(cache=True)
+def cache_del(uc, pfn, order):
+    """del_page_from_free_list()."""
+    c_next, c_prev, c_order, c_heads, _ = uc
+    n = c_next[pfn]
+    p = c_prev[pfn]
+    if p >= 0:
+        c_next[p] = n
+    else:
+        c_heads[order] = n
+    if n >= 0:
+        c_prev[n] = p
+    c_order[pfn] = -1
+
+
+@njit(cache=True)
+def cache_free_one(uc, pfn, order, refill):
+    """unmapped-alloc.c __free_one_page(): merge with free cache buddies of the
+    same order (PageUnmapped and buddy_order() only) up to MAX_ORDER - 1."""
+    c_order = uc[2]
+    if refill:
+        uc[4][pfn >> PAGEBLOCK_ORDER] = 1  # set_pageblock_unmapped(page)
+    while order < MAX_ORDER - 1:
+        buddy = pfn ^ (1 << order)
+        if buddy >= c_order.shape[0] or c_order[buddy] != order:
+            break
+        cache_del(uc, buddy, order)
+        pfn = pfn & buddy
+        order += 1
+    cache_add(uc, pfn, order)
+
+
+@njit(cache=True)
+def cache_rmqueue_smallest(uc, order):
+    """unmapped-alloc.c __rmqueue_smallest() + expand()."""
+    c_heads = uc[3]
+    for co in range(order, MAX_ORDER):
+        pfn = c_heads[co]
+        if pfn < 0:
+            continue
+        cache_del(uc, pfn, co)
+        size = 1 << co
+        high = co
+        while high > order:
+            high -= 1
+            size >>= 1
+            cache_add(uc, pfn + size, high)
+        return pfn
+    return -1
+
+
+# -- the allocator side of page-table pages and of the policies ----------------------
+
+@njit(cache=True)
+def free_hook(pfn, order, dm, buddy, pol, uc):
+    """free_pages_prepare() with the policy's hook, then the free."""
+    (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
-    for _ in range(counters[C.NR_PTE_TABLES] - before):  # split_large_page(): alloc_pages()
-        if alloc_pages(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends,
-                       zone_info, stats, fallbacks, cfg, ZONE_NORMAL, 0, MIGRATE_UNMOVABLE) < 0:
-            counters[C.NR_PT_ALLOC_FAIL] += 1
+    if pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED:
+        for j in range(1 << order):  # migrate_unmapped_map_pages()
+            cpa1(pfn + j, 1, P_INVALID, ZERO, 0, dm)
+    elif pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][pfn >> PAGEBLOCK_ORDER] != 0:
+        # get_pageblock_unmapped(page): unmapped_pages_free(); the buddy never sees it again
+        cache_free_one(uc, pfn, order, False)
+        return
+    free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
+               stats, cfg, pfn, order)
+
+
+@njit(cache=True)
+def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """Pages for the page tables the last calls split, back to the allocator
+    those their merges and collapses freed, in the order the kernel took and
+    freed them; then the pageblocks the collapse variant gave back to MOVABLE
+    get their 2M leaf again (which frees a table, and so on)."""
+    (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
+     pfn_mapped) = dm
+    (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
+     fallbacks, cfg) = buddy
+    j = 0
+    k = 0
+    while True:
+        if j < nr_tables[S.NT_LOG_LEN]:
+            e = nr_tables[S.NT_LOG + j]
+            j += 1
+            ident = e >> 2
+            is_pmd = (e >> 1) & 1
+            if (e & 1) == 0:  # split_large_page(): alloc_pages(GFP_KERNEL, 0)
+                pfn = _alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
+                                  pcp_ends, zone_info, stats, fallbacks, cfg, ZONE_NORMAL, 0,
+                                  MIGRATE_UNMOVABLE)
+                if pfn < 0:
+                    counters[C.NR_PT_ALLOC_FAIL] += 1
+                if is_pmd:
+                    pud_pfn[ident] = pfn
+                else:
+                    row_pfn[ident] = pfn
+            else:  # merge_splitted_mapping() / cpa_collapse_large_pages(): __free_page()
+                if is_pmd:
+                    pfn = pud_pfn[ident]
+                    pud_pfn[ident] = -1
+                else:
+                    pfn = row_pfn[ident]
+                    row_pfn[ident] = -1
+                if pfn >= 0:  # -1: a table init_mem_mapping() built from memblock
+                    free_hook(pfn, 0, dm, buddy, pol, uc)
+        elif k < stats[S_PB_LOG_LEN]:
+            pb = stats[S_PB_LOG + k]
+            k += 1
+            # the FIXME's set_direct_map_PMD(): restore the pageblock's 2M leaf
+            collapse_pmd_page(pb, pud_state, pmd_state, pmd_prot, pmd_table, pte, nr_tables,
+                              counters, params, pfn_mapped)
+        else:
+            break
+    nr_tables[S.NT_LOG_LEN] = 0
+    stats[S_PB_LOG_LEN] = 0
+
+
+@njit(cache=True)
+def _cpa(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """One __change_page_attr_set_clr() call, then its page-table pages."""
+    cpa1(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm)
+    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+
+
+@njit(cache=True)
+def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """__alloc_pages() of one request, with the policy's hooks; pfn or -1.
+    (One inlined alloc_pages() call site: each one costs compile time.)"""
+    (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
+     fallbacks, cfg) = buddy
+    counters = dm[7]
+    unmapped = ((pol[POL_UNMAPPED_MASK] >> group) & 1) != 0
+    policy = pol[POL_ALLOC] if unmapped else ALLOC_BASELINE
+    req_order = order
+    req_mt = mt
+    if policy == ALLOC_MIGRATE_UNMAPPED:
+        req_mt = MIGRATE_UNMAPPED  # gfp_migratetype(): __GFP_UNMAPPED -> MIGRATE_UNMAPPED
+    elif policy == ALLOC_UNMAPPED_CACHE:
+        # __alloc_pages() -> unmapped_pages_alloc(): the cache first
+        pfn = cache_rmqueue_smallest(uc, order)
+        if pfn >= 0:
+            return pfn
+        req_order = PAGEBLOCK_ORDER  # refill with PMD_ORDER, then smaller until it fits
+    while True:
+        pfn = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                          zone_info, stats, fallbacks, cfg, zone, req_order, req_mt)
+        if pfn >= 0 or policy != ALLOC_UNMAPPED_CACHE or req_order <= order:
+            break
+        req_order -= 1
+    if pfn < 0 or policy == ALLOC_BASELINE:
+        return pfn
+    if policy == ALLOC_UNMAPPED_CACHE:
+        counters[C.NR_UNMAPPED_REFILLS] += 1
+        for j in range(1 << order):  # the patch's loop: nr_pages = 1 << order
+            cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
+        settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+        cache_free_one(uc, pfn, req_order, True)
+        return cache_rmqueue_smallest(uc, order)
+    pb = pfn >> PAGEBLOCK_ORDER
+    if pb_mt[pb] != MIGRATE_UNMAPPED:
+        # get_page_from_freelist() -> set_pageblock_unmapped(): invalid then default
+        # on the page splits its leaf; the pageblock and its free pages go UNMAPPED
+        _cpa(pfn, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+        _cpa(pfn, 1, P_INVALID, ZERO, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+        pb_mt[pb] = MIGRATE_UNMAPPED
+        move_freepages_block(nxt, prv, order_, bflags, free_ends, free_count, zone_info,
+                             pfn, page_zonenum(zone_info, pfn), MIGRATE_UNMAPPED)
+        counters[C.NR_UNMAPPED_PAGEBLOCKS] += 1
+    # post_alloc_hook() -> migrate_unmapped_unmap_pages()
+    for j in range(1 << order):
+        cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
+    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+    return pfn
 
 
 @njit(cache=True, inline="always")
@@ -87,10 +299,11 @@ def h_pages(h_kind, h_len, h):
 
 @njit(cache=True)
 def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
-                 h_kind, h_base, h_len, pool, pool_used, snapshots):
+                 h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn, uc):
     """Apply events[start:stop] with simulated placement. Returns the index it
-    stopped at: stop, or earlier when the pte pool cannot hold the next event's
-    worst case (the caller grows it and calls again)."""
+    stopped at: stop, or earlier when the pte pool or the page-table log
+    cannot hold the next event's worst case (the caller grows them and calls
+    again)."""
     (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
      pfn_mapped) = dm
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
@@ -99,24 +312,27 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
         k = kind[i]
         h = arg0[i]
         # worst case of new pte tables: every 2M leaf covered splits, plus both ends;
-        # one per page for calls made page by page (vmalloc aliases)
+        # one per page for calls made page by page (vmalloc aliases, policies' hooks)
         need = 0
         if k == EV_CPA:
             need = (arg1[i] >> 9) + 3
-        elif k == EV_H_CPA:
-            need = h_pages(h_kind, h_len, h) + 3
-        elif k == EV_H_VFREE:
-            need = h_pages(h_kind, h_len, h) + 3
-        if nr_tables[0] + need > pte.shape[0]:
+        elif k == EV_H_CPA or k == EV_H_VFREE or k == EV_H_FREE:
+            need = 2 * h_pages(h_kind, h_len, h) + 3
+        elif k == EV_H_ALLOC:
+            need = 2 * (1 << arg1[i]) + 3
+        elif k == EV_H_VMALLOC:
+            need = 2 * arg1[i] + 3
+        if nr_tables[S.NT_USED] + need > pte.shape[0] or \
+                S.NT_LOG + 2 * need + 16 > nr_tables.shape[0]:
             return i
         if k == EV_CPA:
-            _cpa(h, arg1[i], mask_set[i], mask_clr[i], (flags[i] & CPAF_PRIMARY) != 0,
-                 (flags[i] & CPAF_FORCE_SPLIT) != 0, dm, buddy)
+            _cpa(h, arg1[i], mask_set[i], mask_clr[i], flags[i], dm, buddy, row_pfn, pud_pfn,
+                 pol, uc)
         elif k == EV_H_ALLOC:
             order = arg1[i]
-            pfn = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
-                              zone_info, stats, fallbacks, cfg, flags[i] >> 8, order,
-                              flags[i] & 0xFF)
+            f = flags[i]
+            pfn = alloc_hook((f >> 8) & 0xF, order, f & 0xFF, (f >> UNMAPPED_SHIFT) & 0xF, dm,
+                             buddy, row_pfn, pud_pfn, pol, uc)
             if pfn >= 0:
                 h_kind[h] = H_PAGES
                 h_base[h] = pfn
@@ -135,17 +351,17 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
                 continue
-            free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
-                       zone_info, stats, cfg, h_base[h], h_len[h])
+            free_hook(h_base[h], h_len[h], dm, buddy, pol, uc)
+            settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_VMALLOC:
             n = arg1[i]
+            group = (flags[i] >> UNMAPPED_SHIFT) & 0xF
             base = pool_used[0]
             pool_used[0] += n
             for j in range(n):  # __vmalloc_area_node(): order-0 pages, GFP_KERNEL
-                pool[base + j] = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends,
-                                             free_count, pcp_ends, zone_info, stats, fallbacks,
-                                             cfg, ZONE_NORMAL, 0, MIGRATE_UNMOVABLE)
+                pool[base + j] = alloc_hook(ZONE_NORMAL, 0, MIGRATE_UNMOVABLE, group, dm, buddy,
+                                            row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_VMALLOC
             h_base[h] = base
             h_len[h] = n
@@ -158,21 +374,23 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             if flags[i] & VFREE_RESET_PERMS:  # vm_reset_perms()
                 for j in range(n):
                     if pool[base + j] >= 0:
-                        _cpa(pool[base + j], 1, ZERO, P_INVALID, False, False, dm, buddy)
+                        _cpa(pool[base + j], 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn,
+                             pol, uc)
                 for j in range(n):
                     if pool[base + j] >= 0:
-                        _cpa(pool[base + j], 1, P_INVALID, ZERO, False, False, dm, buddy)
+                        _cpa(pool[base + j], 1, P_INVALID, ZERO, 0, dm, buddy, row_pfn, pud_pfn,
+                             pol, uc)
             for j in range(n):
                 if pool[base + j] >= 0:
-                    free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
-                               pcp_ends, zone_info, stats, cfg, pool[base + j], 0)
+                    free_hook(pool[base + j], 0, dm, buddy, pol, uc)
+                    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_CPA:
             first = arg1[i] >> 32
             n = arg1[i] & 0xFFFFFFFF
             ms = mask_set[i]
             mc = mask_clr[i]
-            force = (flags[i] & CPAF_FORCE_SPLIT) != 0
+            force = flags[i] & CPAF_FORCE_SPLIT
             checkalias = (ms | mc) != NX
             if n == 0:
                 n = h_pages(h_kind, h_len, h) - first  # the rest of the handle
@@ -183,7 +401,8 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                 primary = checkalias
                 if flags[i] & CPAF_RAW:  # a recorded call, moved: its own primary argument
                     primary = (flags[i] & CPAF_PRIMARY) != 0
-                _cpa(h_base[h] + first, n, ms, mc, primary, force, dm, buddy)
+                cf = force | (flags[i] & CPAF_COLLAPSE) | (CPAF_PRIMARY if primary else 0)
+                _cpa(h_base[h] + first, n, ms, mc, cf, dm, buddy, row_pfn, pud_pfn, pol, uc)
             elif h_kind[h] == H_VMALLOC:
                 if first + n > h_len[h]:
                     counters[C.NR_HANDLE_ERRORS] += 1
@@ -192,8 +411,9 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                     continue  # NX only: the vmalloc mapping changes, no alias is processed
                 for j in range(first, first + n):  # cpa_process_alias(), one per 4K step
                     pfn = pool[h_base[h] + j]
-                    if pfn >= 0:
-                        _cpa(pfn, 1, ms & ~NX, mc & ~NX, False, force, dm, buddy)
+                    if pfn >= 0:  # alias calls never collapse
+                        _cpa(pfn, 1, ms & ~NX, mc & ~NX, force, dm, buddy, row_pfn, pud_pfn,
+                             pol, uc)
             else:
                 counters[C.NR_HANDLE_ERRORS] += 1
         elif k == EV_SYSTEM_RUNNING:

@@ -6,7 +6,7 @@ from numba import njit
 
 from . import constants as C
 from . import state as S
-from .cpa import ZERO, change_page_attr_set_clr, pgprot_clear_protnone_bits
+from .cpa import ZERO, cpa_apply, pgprot_clear_protnone_bits
 
 # Event kinds and CPA flags, mirrored from dmsim/trace/events.py (the core does
 # not import the I/O side; tests/test_events.py pins that they agree).
@@ -16,6 +16,7 @@ EV_KERNEL_RO = 3
 EV_CHECKPOINT = 4
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
+CPAF_COLLAPSE = 8
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -39,7 +40,7 @@ def cpa_fast_4k(vpfn, numpages, mask_set, mask_clr, pud_state, pmd_state, pmd_ta
             return False  # a hole: __cpa_process_fault() is the general path's
     counters[C.NR_CPA_CALLS] += 1
     for k in range(j, j + numpages):
-        pte[row, k] = pgprot_clear_protnone_bits((pte[row, k] & ~mask_clr) | mask_set)
+        pte[row, k] = pgprot_clear_protnone_bits((pte[row, k] & ~mask_clr) | mask_set, params)
     return True
 
 
@@ -49,22 +50,24 @@ def replay_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop,
                   counters, params, pfn_mapped, snapshots):
     """Apply events[start:stop]. Returns the index it stopped at: stop when
     done, earlier when the pte pool cannot hold the next call's worst case."""
+    # merging checks every pte write: the fast path is for policies that do not
+    fast = params[S.P_MERGE_POLICY] != S.MERGE_CPA
     for i in range(start, stop):
         k = kind[i]
         if k == EV_CPA:
             numpages = arg1[i]
             f = flags[i]
-            if ((mask_set[i] != ZERO or mask_clr[i] != ZERO) and (f & CPAF_FORCE_SPLIT) == 0
+            if (fast and (mask_set[i] != ZERO or mask_clr[i] != ZERO)
+                    and (f & (CPAF_FORCE_SPLIT | CPAF_COLLAPSE)) == 0
                     and cpa_fast_4k(arg0[i], numpages, mask_set[i], mask_clr[i], pud_state,
                                     pmd_state, pmd_table, pte, counters, params)):
                 continue
             # worst case: every 2M leaf covered splits (set_memory_4k), plus both ends
             if nr_tables[0] + (numpages >> 9) + 3 > pte.shape[0]:
                 return i
-            change_page_attr_set_clr(arg0[i], numpages, mask_set[i], mask_clr[i],
-                                     (f & CPAF_PRIMARY) != 0, (f & CPAF_FORCE_SPLIT) != 0,
-                                     pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte,
-                                     nr_tables, counters, params, pfn_mapped)
+            cpa_apply(arg0[i], numpages, mask_set[i], mask_clr[i], f, pud_state, pud_prot,
+                      pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
+                      pfn_mapped)
         elif k == EV_SYSTEM_RUNNING:
             counters[C.SYSTEM_RUNNING] = 1
         elif k == EV_KERNEL_RO:

@@ -28,7 +28,28 @@ P_RODATA_SPFN = 5  # protect_rodata(): PFN_DOWN(__pa_symbol(__start_rodata))
 P_RODATA_EPFN = 6  # PFN_DOWN(__pa_symbol(__end_rodata)) - 1
 P_MAX_PFN_MAPPED = 7  # max_pfn_mapped: faults below it are direct-map holes
 P_HAVE_KERNEL = 8  # 1 when the kernel image's bounds are known
+P_MERGE_POLICY = 9  # MERGE_NONE / MERGE_CPA / MERGE_ROX (docs/design-policies.md)
+P_PT_LOG = 10  # 1: log page-table pages allocated and freed (simulated placement)
+P_GBPAGES = 11  # direct_gbpages (collapse_pud_page() needs it)
 NR_PARAMS = 16
+
+MERGE_NONE = 0
+MERGE_CPA = 1  # Aaron Lu's cpa merge (2022)
+MERGE_ROX = 2  # 6.15 collapse after set_memory_rox()
+
+# pmd_prot / pud_prot of an ENTRY_TABLE entry: 0 for tables init_mem_mapping()
+# built, SPLITPGT for tables __split_large_page() made (PageSplitpgt in the cpa
+# merge patch: only those are merged back).
+SPLITPGT = 1
+
+# nr_tables[]: rows of pte[] in use, the stack of freed rows, and the log of
+# page-table pages allocated/freed during one call (read by simulated placement)
+NT_USED = 0  # rows ever handed out (the pool's high-water mark)
+NT_FREE_HEAD = 1  # first freed row, -1 when none (next row kept in pte[row, 0] + 1)
+NT_LOG_LEN = 2
+NT_LOG_OVERFLOW = 3  # log entries with no room (a bug if > 0)
+NT_LOG = 4  # log entries from here: id << 2 | is_pmd_table << 1 | is_free
+LOG_CAPACITY = 64
 
 
 @dataclass
@@ -41,7 +62,7 @@ class DirectMapState:
     pmd_prot: np.ndarray  # uint64[nr_puds * 512]
     pmd_table: np.ndarray  # int32[nr_puds * 512]: row of pte[] when a table
     pte: np.ndarray  # uint64[capacity, 512]: 0 is pte_none()
-    nr_tables: np.ndarray  # int64[1]: rows of pte[] in use
+    nr_tables: np.ndarray  # int64[NT_LOG + log capacity]: see NT_*
     counters: np.ndarray  # int64[NR_COUNTERS]
     params: np.ndarray  # int64[NR_PARAMS]
     pfn_mapped: np.ndarray  # int64[n, 2]: pfn_mapped[] ranges (arch/x86/mm/init.c)
@@ -57,11 +78,19 @@ class DirectMapState:
             pmd_prot=np.zeros(n_pmd, np.uint64),
             pmd_table=np.full(n_pmd, -1, np.int32),
             pte=np.zeros((capacity, 512), np.uint64),
-            nr_tables=np.zeros(1, np.int64),
+            nr_tables=empty_nr_tables(LOG_CAPACITY),
             counters=np.zeros(NR_COUNTERS, np.int64),
             params=np.zeros(NR_PARAMS, np.int64),
             pfn_mapped=np.zeros((0, 2), np.int64),
         )
+
+    def ensure_log(self, entries: int) -> None:
+        """Room for `entries` page-table log entries in one call."""
+        if NT_LOG + entries <= self.nr_tables.shape[0]:
+            return
+        grown = empty_nr_tables(max(entries, 2 * (self.nr_tables.shape[0] - NT_LOG)))
+        grown[:NT_LOG] = self.nr_tables[:NT_LOG]
+        self.nr_tables = grown
 
     def alloc_table(self) -> int:
         """Hand out a zeroed pte[] row, growing the pool when full."""
@@ -86,3 +115,9 @@ class DirectMapState:
                 "nr_tables", "counters", "params", "pfn_mapped")),
             notes=list(self.notes),
         )
+
+
+def empty_nr_tables(log_capacity: int) -> np.ndarray:
+    nt = np.zeros(NT_LOG + log_capacity, np.int64)
+    nt[NT_FREE_HEAD] = -1
+    return nt

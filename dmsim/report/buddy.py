@@ -6,6 +6,7 @@ Pure functions over a ``dmsim.core.buddy.BuddyState`` (only its arrays are read)
 from __future__ import annotations
 
 from ..core.buddy import (
+    C_UNMAPPED,
     MAX_ORDER,
     MIGRATE_TYPES,
     PAGEBLOCK_NR_PAGES,
@@ -22,6 +23,8 @@ DEBIAN_6_1_TYPES = (
     ("Unmovable", 0), ("Movable", 1), ("Reclaimable", 2), ("HighAtomic", 3),
     ("CMA", None), ("Isolate", None),
 )
+# ... with Rapoport's Jan 2022 RFC applied: "Unmapped" follows "Reclaimable"
+UNMAPPED_TYPES = DEBIAN_6_1_TYPES[:3] + (("Unmapped", 4),) + DEBIAN_6_1_TYPES[3:]
 
 PAGES_PER_SECTION = 1 << (27 - 12)  # SECTION_SIZE_BITS 27 on x86-64: 128 MiB sections
 FREECOUNT_CAP = 100000  # pagetypeinfo_showfree_print() stops counting a list here
@@ -58,7 +61,7 @@ def _section_has_memory(state, pfn: int) -> bool:
     return any(int(s) < hi and int(e) > lo for s, e in state.memory)
 
 
-def pagetypeinfo(state, node: int = 0, types=DEBIAN_6_1_TYPES) -> str:
+def pagetypeinfo(state, node: int = 0, types=None) -> str:
     """/proc/pagetypeinfo: pagetypeinfo_show() (mixed counts need page_owner: omitted).
 
     pagetypeinfo_showfree_print(): "Node %4d, zone %8s, type %12s " then "%s%6lu " per order,
@@ -66,6 +69,8 @@ def pagetypeinfo(state, node: int = 0, types=DEBIAN_6_1_TYPES) -> str:
     "Node %d, zone %8s " then "%12lu " per type, counting the pageblocks from zone_start_pfn
     in steps of pageblock_nr_pages.
     """
+    if types is None:
+        types = UNMAPPED_TYPES if state.cfg[C_UNMAPPED] else DEBIAN_6_1_TYPES
     out = [f"Page block order: {PAGEBLOCK_ORDER}\n", f"Pages per block:  {PAGEBLOCK_NR_PAGES}\n", "\n"]
     hdr = f"{'Free pages count per migrate type at order':<43} "
     hdr += "".join(f"{o:6d} " for o in range(MAX_ORDER))

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..core import constants as C
 from ..simulate import Replayed, counter_value
-from ..trace.events import SAMPLE
+from ..trace.events import EV_VCPA, SAMPLE
 
 COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
             "DirectMap4k", "DirectMap2M", "DirectMap1G")
+POLICY_COUNTERS = ("direct_map_level1_merges", "direct_map_level2_merges",
+                   "direct_map_level2_collapses", "direct_map_level3_collapses")
 
 
 @dataclass
@@ -84,7 +86,10 @@ def build_result(r: Replayed) -> Result:
              "cpa_efault": int(c[C.NR_CPA_EFAULT]), "pte_tables": int(c[C.NR_PTE_TABLES]),
              "handle_errors": int(c[C.NR_HANDLE_ERRORS]),
              "pte_table_alloc_failures": int(c[C.NR_PT_ALLOC_FAIL]),
-             "cpa_vmalloc_skipped": int(t.meta.get("cpa_vmalloc", 0))}
+             "pte_tables_freed": int(c[C.NR_PT_FREED]),
+             "unmapped_pageblocks": int(c[C.NR_UNMAPPED_PAGEBLOCKS]),
+             "unmapped_cache_refills": int(c[C.NR_UNMAPPED_REFILLS]),
+             "cpa_vmalloc_skipped": int((t.events.kind == EV_VCPA).sum())}
     warnings = []
     if t.meta.get("overflow"):
         a, b = t.meta["entries"]
@@ -102,6 +107,6 @@ def build_result(r: Replayed) -> Result:
     meta = dict(t.meta)
     meta["events"] = len(t.events)
     return Result(
-        counters={n: counter_value(c, n) for n in COUNTERS},
+        counters={n: counter_value(c, n) for n in COUNTERS + POLICY_COUNTERS},
         boot={n: counter_value(r.boot, n) for n in COUNTERS},
         stats=stats, checks=checks, meta=meta, gbpages=t.machine.gbpages, warnings=warnings)

@@ -30,6 +30,10 @@ EV_H_VMALLOC = 9  # arg0 handle, arg1 npages: vmalloc() of order-0 pages (module
 EV_H_VFREE = 10  # arg0 handle, flags VFREE_RESET_PERMS: vfree()
 EV_H_CPA = 11  # arg0 handle, arg1 first << 32 | n, masks, CPAF_*: set_memory_*() on its pages
 EV_H_CLAIM = 12  # arg0 handle, arg1 order, mask_set pfn: a block allocated before the trace
+# A recorded CPA call on a vmalloc address (module space): the replay does not apply it
+# (its alias calls follow as their own events); it tells which alias calls belong to
+# which vmalloc area (trace/retarget.py). arg0 vaddr >> PAGE_SHIFT, arg1 numpages.
+EV_VCPA = 13
 VFREE_RESET_PERMS = 1  # the area has VM_FLUSH_RESET_PERMS (module, BPF memory)
 CPAF_RAW = 4  # EV_H_CPA: a recorded call moved onto the handle's pages, applied as recorded
 

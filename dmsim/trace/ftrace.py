@@ -31,6 +31,7 @@ from .events import (
     EV_FREE,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
+    EV_VCPA,
     SAMPLE,
     Checkpoint,
     EventArrays,
@@ -216,8 +217,8 @@ def _machine_from_trace(path, e820, kallsyms, phys_base, meminfo_seen) -> Machin
 
 def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -> Trace:
     """Merge scanned events and markers in line order; turn virtual addresses
-    into vpfns; drop CPA calls on vmalloc space (their alias calls are in the
-    trace); place EV_KERNEL_RO; prepend start_kernel's untraced calls."""
+    into vpfns; CPA calls on vmalloc space become EV_VCPA markers (their alias
+    calls are in the trace, and do the work); place EV_KERNEL_RO; prepend start_kernel's untraced calls."""
     highmap_vpfn = machine.highmap_vpfn()
     u = np.uint64
     cpa_li = np.nonzero(kind == SCAN_CPA)[0]
@@ -230,6 +231,7 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     high = off_high < u(KERNEL_IMAGE_SIZE)
     outside = ~direct & (off_direct < u(1 << 46))  # direct-map address past RAM
     keep = direct | high
+    vm = ~keep & ~outside  # vmalloc space: kept as EV_VCPA markers
     # CPA_ARRAY / CPA_PAGES_ARRAY calls walk an array of addresses; the kprobe
     # fetches only the first (+0(+0(%di))), so only that page can be replayed
     array = (f[:, 4] & u(CPA_ARRAY | CPA_PAGES_ARRAY)) != 0
@@ -237,26 +239,27 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     primary = f[:, 5].astype(np.int64) != 0
     vpfn = np.where(direct, (off_direct >> u(PAGE_SHIFT)).astype(np.int64),
                     highmap_vpfn + (off_high >> u(PAGE_SHIFT)).astype(np.int64))
+    vpfn = np.where(vm, (vaddr >> u(PAGE_SHIFT)).astype(np.int64), vpfn)
+    keep_ev = keep | vm
 
     mem_li = np.nonzero((kind == SCAN_ALLOC) | (kind == SCAN_FREE))[0]
     mk = np.array([m[0] for m in markers], np.int64)
-    n_cpa = int(keep.sum())
-    li = np.concatenate([cpa_li[keep], mem_li, mk])
-    ev_kind = np.concatenate([np.full(n_cpa, EV_CPA, np.uint8),
+    li = np.concatenate([cpa_li[keep_ev], mem_li, mk])
+    ev_kind = np.concatenate([np.where(vm[keep_ev], EV_VCPA, EV_CPA).astype(np.uint8),
                               np.where(kind[mem_li] == SCAN_ALLOC, EV_ALLOC, EV_FREE).astype(np.uint8),
                               np.array([m[1] for m in markers], np.uint8)])
-    arg0 = np.concatenate([vpfn[keep], fields[mem_li, 0].astype(np.int64),
+    arg0 = np.concatenate([vpfn[keep_ev], fields[mem_li, 0].astype(np.int64),
                            np.array([m[2] for m in markers], np.int64)])
-    arg1 = np.concatenate([f[keep, 1].astype(np.int64), fields[mem_li, 1].astype(np.int64),
+    arg1 = np.concatenate([f[keep_ev, 1].astype(np.int64), fields[mem_li, 1].astype(np.int64),
                            np.zeros(len(markers), np.int64)])
-    mset = np.concatenate([f[keep, 2], np.zeros(len(mem_li) + len(markers), np.uint64)])
-    mclr = np.concatenate([f[keep, 3], np.zeros(len(mem_li) + len(markers), np.uint64)])
-    flg = np.concatenate([np.where(primary[keep], CPAF_PRIMARY, 0).astype(np.int32),
+    mset = np.concatenate([f[keep_ev, 2], np.zeros(len(mem_li) + len(markers), np.uint64)])
+    mclr = np.concatenate([f[keep_ev, 3], np.zeros(len(mem_li) + len(markers), np.uint64)])
+    flg = np.concatenate([np.where(primary[keep_ev], CPAF_PRIMARY, 0).astype(np.int32),
                           np.where(kind[mem_li] == SCAN_ALLOC,
                                    fields[mem_li, 2] | fields[mem_li, 3] << np.uint64(8),
                                    0).astype(np.int32),
                           np.zeros(len(markers), np.int32)])
-    alias = np.concatenate([(direct & ~primary)[keep], np.ones(len(mem_li), bool),
+    alias = np.concatenate([(direct & ~primary)[keep_ev], np.ones(len(mem_li), bool),
                             np.zeros(len(markers), bool)])  # what may sit inside a call
     order = np.argsort(li, kind="stable")
     cols = [c[order] for c in (ev_kind, arg0, arg1, mset, mclr, flg)]
@@ -282,7 +285,7 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     pre = b.finish()
     ev = EventArrays(*(np.concatenate([p, c]).astype(p.dtype) for p, c in zip(pre.columns(), cols, strict=True)))
     t = Trace(machine=machine, events=ev, checkpoints=checkpoints)
-    t.meta["cpa_vmalloc"] = int((~keep & ~outside).sum())
+    t.meta["cpa_vmalloc"] = int(vm.sum())
     t.meta["cpa_outside_ram"] = int(outside.sum())
     t.meta["cpa_array_calls"] = int((array & keep).sum())
     t.meta["preboot_calls"] = preboot  # where idt_table/.smp_locks came from ("" = not modelled)

@@ -33,6 +33,7 @@ from ..core.constants import (
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError
 from .errors import LineErrors, TraceError
 from .events import (
+    CPAF_COLLAPSE,
     CPAF_FORCE_SPLIT,
     CPAF_PRIMARY,
     EV_ALLOC,
@@ -46,9 +47,12 @@ from .events import (
     EV_H_VMALLOC,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
+    EV_VCPA,
     SAMPLE,
     SPACE_DIRECT,
     SPACE_HIGHMAP,
+    UNMAPPED_GROUPS,
+    UNMAPPED_SHIFT,
     VFREE_RESET_PERMS,
     Checkpoint,
     EventArrays,
@@ -78,6 +82,11 @@ SET_MEMORY = {
 }
 KERNEL_KEYS = ("text", "etext", "start_rodata", "end_rodata", "end_rodata_hpage_align",
                "end", "phys_base")
+def _group(flags: int) -> str:
+    g = (flags >> UNMAPPED_SHIFT) & 0xF
+    return "" if g == 0 else " unmapped=" + next(k for k, v in UNMAPPED_GROUPS.items() if v == g)
+
+
 MAX_ORDER = 10  # highest buddy order in 6.1 (MAX_ORDER - 1: a block of 1024 pages)
 MIGRATE_TYPES = 6  # enum migratetype in 6.1: UNMOVABLE .. HIGHATOMIC, CMA, ISOLATE
 HIGHMAP_PAGES = KERNEL_IMAGE_SIZE >> PAGE_SHIFT  # the 1 GiB from __START_KERNEL_map
@@ -274,6 +283,8 @@ class _Events:
         word = tokens[0]
         if word == "cpa":
             self.cpa(tokens)
+        elif word == "vcpa":
+            self.vcpa(tokens)
         elif word in HANDLE_WORDS:
             self.handle_event(tokens)
         elif word in ("alloc", "free"):
@@ -307,7 +318,8 @@ class _Events:
             raise _Bad(f"unknown keyword {word!r}")
 
     def cpa(self, tokens: list[str]) -> None:
-        usage = "cpa direct|highmap <first page hex> <numpages> set=0x.. clr=0x.. [primary] [force_split]"
+        usage = ("cpa direct|highmap <first page hex> <numpages> set=0x.. clr=0x.. [primary] "
+                 "[force_split] [collapse]")
         if len(tokens) < 6:
             raise _Bad(f"expected `{usage}`")
         space = tokens[1]
@@ -328,6 +340,8 @@ class _Events:
                 flags |= CPAF_PRIMARY
             elif tok == "force_split" and not flags & CPAF_FORCE_SPLIT:
                 flags |= CPAF_FORCE_SPLIT
+            elif tok == "collapse" and not flags & CPAF_COLLAPSE:
+                flags |= CPAF_COLLAPSE
             else:
                 raise _Bad(f"unexpected field {tok!r}; expected `{usage}`")
         if mask_set is None or mask_clr is None:
@@ -347,6 +361,18 @@ class _Events:
             raise _Bad(f"cpa space must be direct or highmap, got {space!r}")
         self.b.append(EV_CPA, vpfn, numpages, mask_set, mask_clr, flags)
 
+    def vcpa(self, tokens: list[str]) -> None:
+        """A recorded call on a vmalloc address: a marker for vmalloc areas (EV_VCPA)."""
+        usage = "vcpa <vmalloc page hex> <numpages> set=0x.. clr=0x.. [primary]"
+        if len(tokens) not in (5, 6) or not tokens[3].startswith("set=") \
+                or not tokens[4].startswith("clr=") or (len(tokens) == 6 and tokens[5] != "primary"):
+            raise _Bad(f"expected `{usage}`")
+        page = _hex(tokens[1], "vmalloc page")
+        if page >= 1 << 52:
+            raise _Bad(f"vmalloc page {page:#x} is not an address >> 12")
+        self.b.append(EV_VCPA, page, _dec(tokens[2], "numpages"), _u64(tokens[3][4:], "set"),
+                      _u64(tokens[4][4:], "clr"), CPAF_PRIMARY if len(tokens) == 6 else 0)
+
     def handle(self, tok: str) -> int:
         h = _dec(tok, "handle")
         if h > MAX_HANDLE:
@@ -358,13 +384,14 @@ class _Events:
         """Events by handle: the simulated allocator places them."""
         word = tokens[0]
         if word == "page_alloc":
-            usage = "page_alloc <handle> <order> [mt=N] [zone=dma|dma32|normal]"
-            if not 3 <= len(tokens) <= 5:
+            usage = ("page_alloc <handle> <order> [mt=N] [zone=dma|dma32|normal] "
+                     f"[unmapped={'|'.join(UNMAPPED_GROUPS)}]")
+            if not 3 <= len(tokens) <= 6:
                 raise _Bad(f"expected `{usage}`")
             h, order = self.handle(tokens[1]), _dec(tokens[2], "order")
             if order > MAX_ORDER:
                 raise _Bad(f"order {order} is above {MAX_ORDER}")
-            mt, zone = 0, ZONES["normal"]
+            mt, zone, group = 0, ZONES["normal"], 0
             for tok in tokens[3:]:
                 if tok.startswith("mt="):
                     mt = _dec(tok[3:], "mt")
@@ -373,19 +400,27 @@ class _Events:
                                    "1 (movable) or 2 (reclaimable)")
                 elif tok.startswith("zone=") and tok[5:] in ZONES:
                     zone = ZONES[tok[5:]]
+                elif tok.startswith("unmapped=") and tok[9:] in UNMAPPED_GROUPS:
+                    group = UNMAPPED_GROUPS[tok[9:]]
                 else:
                     raise _Bad(f"unexpected field {tok!r}; expected `{usage}`")
-            self.b.append(EV_H_ALLOC, h, order, flags=mt | zone << 8)
+            self.b.append(EV_H_ALLOC, h, order, flags=mt | zone << 8 | group << UNMAPPED_SHIFT)
         elif word == "page_free":
             _nargs(tokens, 2, "page_free <handle>")
             self.b.append(EV_H_FREE, self.handle(tokens[1]))
         elif word == "vmalloc":
-            _nargs(tokens, 3, "vmalloc <handle> <npages>")
+            usage = f"vmalloc <handle> <npages> [unmapped={'|'.join(UNMAPPED_GROUPS)}]"
+            group = 0
+            if len(tokens) == 4 and tokens[3].startswith("unmapped=") \
+                    and tokens[3][9:] in UNMAPPED_GROUPS:
+                group = UNMAPPED_GROUPS[tokens[3][9:]]
+            elif len(tokens) != 3:
+                raise _Bad(f"expected `{usage}`")
             h, n = self.handle(tokens[1]), _dec(tokens[2], "npages")
             if not 0 < n <= 1 << 24:
                 raise _Bad(f"npages {n} is not 1..{1 << 24}")
             self.vmalloc_pages += n
-            self.b.append(EV_H_VMALLOC, h, n)
+            self.b.append(EV_H_VMALLOC, h, n, flags=group << UNMAPPED_SHIFT)
         elif word == "vfree":
             if len(tokens) not in (2, 3) or (len(tokens) == 3 and tokens[2] != "reset_perms"):
                 raise _Bad("expected `vfree <handle> [reset_perms]`")
@@ -397,6 +432,7 @@ class _Events:
                 if len(tokens) not in (3, 5) or tokens[1] not in SET_MEMORY:
                     raise _Bad(f"expected `{usage}`")
                 mask_set, mask_clr, force = SET_MEMORY[tokens[1]]
+                collapse = tokens[1] == "rox"  # 6.15 set_memory_rox(): CPA_COLLAPSE
                 h = self.handle(tokens[2])
                 rest = tokens[3:]
             else:
@@ -409,13 +445,14 @@ class _Events:
                 h = self.handle(tokens[1])
                 mask_set, mask_clr = _u64(tokens[4][4:], "set"), _u64(tokens[5][4:], "clr")
                 force = len(tokens) == 7
+                collapse = False
                 rest = tokens[2:4]
             first = _dec(rest[0], "first page") if rest else 0
             n = _dec(rest[1], "npages") if rest else 0  # 0: the rest of the handle
             if first > 0xFFFFFFFF or n > 0xFFFFFFFF:
                 raise _Bad("first page and npages must fit in 32 bits")
             self.b.append(EV_H_CPA, h, first << 32 | n, mask_set, mask_clr,
-                          CPAF_FORCE_SPLIT if force else 0)
+                          (CPAF_FORCE_SPLIT if force else 0) | (CPAF_COLLAPSE if collapse else 0))
 
     def page(self, tokens: list[str]) -> None:
         word = tokens[0]
@@ -575,9 +612,6 @@ def write_native(trace: Trace, out: TextIO) -> None:
         buf.append(f"# converted from {meta['path']} ({meta.get('format', 'unknown format')})\n")
     if meta.get("sha256"):
         buf.append(f"# source sha256 {meta['sha256']}\n")
-    if meta.get("cpa_vmalloc"):
-        buf.append(f"# {meta['cpa_vmalloc']} CPA calls on vmalloc addresses dropped "
-                   "(only their direct-map alias calls matter)\n")
     if m.name:
         buf.append(f"# machine {m.name}\n")
     for s, e, t in m.e820:
@@ -599,11 +633,12 @@ def write_native(trace: Trace, out: TextIO) -> None:
     ev = trace.events
     for kind, a0, a1, ms, mc, fl in zip(*(c.tolist() for c in ev.columns()), strict=True):
         if kind == EV_CPA:
-            if fl & ~(CPAF_PRIMARY | CPAF_FORCE_SPLIT):
+            if fl & ~(CPAF_PRIMARY | CPAF_FORCE_SPLIT | CPAF_COLLAPSE):
                 raise ValueError(f"CPA event with unknown flags {fl:#x}")
             space, first = (SPACE_HIGHMAP, a0 - hm) if a0 >= hm else (SPACE_DIRECT, a0)
             extra = (" primary" if fl & CPAF_PRIMARY else "") + \
-                (" force_split" if fl & CPAF_FORCE_SPLIT else "")
+                (" force_split" if fl & CPAF_FORCE_SPLIT else "") + \
+                (" collapse" if fl & CPAF_COLLAPSE else "")
             buf.append(f"cpa {space} {first:#x} {a1} set={ms:#x} clr={mc:#x}{extra}\n")
         elif kind == EV_ALLOC:
             zone = fl >> 8
@@ -627,17 +662,23 @@ def write_native(trace: Trace, out: TextIO) -> None:
                 buf.append(f"step {step}\n" if step else "step\n")
             buf.append(f"{SAMPLE}\n" if cp.counter == SAMPLE else f"check {cp.counter} {cp.value}\n")
         elif kind == EV_H_ALLOC:
-            zone = next(z for z, v in ZONES.items() if v == fl >> 8)
-            buf.append(f"page_alloc {a0} {a1} mt={fl & 0xFF} zone={zone}\n")
+            zone = next(z for z, v in ZONES.items() if v == (fl >> 8) & 0xF)
+            buf.append(f"page_alloc {a0} {a1} mt={fl & 0xFF} zone={zone}{_group(fl)}\n")
         elif kind == EV_H_FREE:
             buf.append(f"page_free {a0}\n")
         elif kind == EV_H_VMALLOC:
-            buf.append(f"vmalloc {a0} {a1}\n")
+            buf.append(f"vmalloc {a0} {a1}{_group(fl)}\n")
         elif kind == EV_H_VFREE:
             buf.append(f"vfree {a0}{' reset_perms' if fl & VFREE_RESET_PERMS else ''}\n")
         elif kind == EV_H_CPA:
-            buf.append(f"hcpa {a0} {a1 >> 32} {a1 & 0xFFFFFFFF} set={ms:#x} clr={mc:#x}"
-                       f"{' force_split' if fl & CPAF_FORCE_SPLIT else ''}\n")
+            if fl & CPAF_COLLAPSE:  # only set_memory_rox() asks for a collapse
+                buf.append(f"set_memory rox {a0} {a1 >> 32} {a1 & 0xFFFFFFFF}\n")
+            else:
+                buf.append(f"hcpa {a0} {a1 >> 32} {a1 & 0xFFFFFFFF} set={ms:#x} clr={mc:#x}"
+                           f"{' force_split' if fl & CPAF_FORCE_SPLIT else ''}\n")
+        elif kind == EV_VCPA:
+            buf.append(f"vcpa {a0:#x} {a1} set={ms:#x} clr={mc:#x}"
+                       f"{' primary' if fl & CPAF_PRIMARY else ''}\n")
         elif kind == EV_SYSTEM_RUNNING:
             buf.append("system_running\n")
         elif kind == EV_KERNEL_RO:
