@@ -18,6 +18,13 @@ from .common import (
     stdout_console,
     trace_argument,
 )
+from .diff import (
+    breach_exit,
+    core_policy,
+    fail_on_option,
+    policy_callback,
+    report_breaches,
+)
 
 FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
 
@@ -38,10 +45,16 @@ FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
                    "allocator places every traced allocation (docs/design-simulated-placement.md).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--policy", metavar="SPEC", callback=policy_callback,
+              help="Allocation and merge policy: a name from `dmsim policies`, NAME+NAME, or a "
+                   "YAML path. Default: baseline (Linux 6.1). An allocation policy needs "
+                   "--placement simulate on a recorded trace.")
+@fail_on_option(allow_relative=False)
 @handle_errors
-def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
+def replay(trace, fmt, verify, lenient, machine_path, placement, progress, policy, gates):
     """Replay TRACE (ftrace text or native; .gz/.zst/.xz; `-` for stdin)."""
     from ..load import load_trace
+    from ..policy import BASELINE
     from ..report.proc import meminfo_text, vmstat_text
     from ..report.result import build_result
     from ..simulate import simulate
@@ -53,21 +66,30 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
         machine = load_machine(machine_path)
     err = stderr_console()
     t = load_trace(trace, lenient=lenient, machine=machine)
+    from ..simulate import names_allocations_by_handle
+
     if placement == "simulate":
-        from ..simulate import names_allocations_by_handle
         from ..trace.retarget import to_simulated_placement
 
         if not names_allocations_by_handle(t):  # (if it does, it is simulated already)
             t = to_simulated_placement(t)
+    elif policy is not None and policy.needs_simulated_placement \
+            and not names_allocations_by_handle(t):
+        raise click.BadParameter(
+            f"{policy.name}: allocation policy {policy.alloc} decides where pages go; on a "
+            "recorded trace it needs --placement simulate", param_hint="'--policy'")
+    sim_policy = core_policy(policy, names_allocations_by_handle(t),
+                             lambda w: err.print(f"[yellow]warning:[/yellow] {w}"))
     show = err.is_terminal if progress is None else progress
     if show:
         from rich.progress import Progress
 
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("replaying", total=max(len(t.events), 1))
-            r = simulate(t, lambda done, total: bar.update(task, completed=done))
+            r = simulate(t, lambda done, total: bar.update(task, completed=done),
+                         policy=sim_policy)
     else:
-        r = simulate(t)
+        r = simulate(t, policy=sim_policy)
     res = build_result(r)
     for w in res.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
@@ -84,6 +106,7 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
         doc = res.to_json()
         if r.buddy is not None:
             doc["allocator"] = r.buddy.counters()
+        doc["policy"] = (policy or BASELINE).to_json()
         out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     elif verify:
         _print_verify(res)
@@ -94,7 +117,16 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
             from ..report.buddy import vmstat_lines
 
             out.write(vmstat_lines(r.buddy))
-        out.write(vmstat_text(r.counters))
+        out.write(vmstat_text(r.counters, policy))
+    breaches = []
+    if gates:
+        from ..gates import evaluate
+        from ..simulate import counter_value
+
+        name = (policy or BASELINE).name
+        values = {name: {g.counter: counter_value(r.counters, g.counter) for g in gates}}
+        breaches = evaluate(gates, [name], values)
+        report_breaches(breaches)
     if verify:
         if not res.checks:
             err.print("warning: the trace has no kernel checkpoints to verify against")
@@ -106,6 +138,7 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress):
                       f"simulated {first.simulated})")
             sys.exit(EXIT_FAIL)
         err.print(f"verify: all {len(res.checks)} checkpoints match")
+    breach_exit(breaches)
 
 
 def _print_verify(res) -> None:

@@ -1,0 +1,51 @@
+"""`dmsim policies`: the policy files in configs/policies/."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import stdout_console
+
+COLUMNS = ("name", "alloc", "merge", "description", "source")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text",
+              show_default=True,
+              help="text: a table (aligned plain text when stdout is not a terminal); json.")
+def policies(fmt):
+    """List the policies --policy can name (configs/policies/*.yaml).
+
+    Compose an allocation policy and a merge policy with `+`, e.g.
+    `--policy migrate_unmapped+cpa_merge` (docs/policies.md).
+    """
+    from ..policy import POLICY_DIR, PolicyError, _shown, list_policies
+
+    try:
+        found = list_policies()
+    except PolicyError as e:
+        raise click.UsageError(f"bad policy file: {e}") from None
+    if fmt == "json":
+        doc = {"directory": _shown(POLICY_DIR), "policies": [p.to_json() for p in found]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    rows = [(p.name, p.alloc, p.merge, p.description, p.source) for p in found]
+    con = stdout_console()
+    if con.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=f"policies ({_shown(POLICY_DIR)}/)", title_justify="left")
+        for col in COLUMNS:
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(*r)
+        con.print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(COLUMNS)]
+    for r in [COLUMNS, *rows]:
+        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                         .rstrip() + "\n")
