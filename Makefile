@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.gen
 
 lint: $(STAMP)
 	$(BIN)/ruff check dmsim tests bench
@@ -41,3 +42,10 @@ traces-readme: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# The generated traces in traces/ (dmsim gen, configs/scenarios/), then traces/README.md.
+GEN_SCENARIOS := boot modules bpftrace secretmem mix
+.PHONY: traces
+traces: $(STAMP)
+	for s in $(GEN_SCENARIOS); do $(BIN)/dmsim gen $$s --seed 1 --scale 1 -o traces/gen-$$s.trace.gz --force || exit 1; done
+	$(BIN)/python record/traces_readme.py

@@ -1,0 +1,212 @@
+"""`dmsim gen`: determinism, every scenario replays without handle errors, --scale,
+scenario errors, the module and BPF models against the kernel's rules."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dmsim.cli.main import cli
+from dmsim.gen import bpf, modules
+from dmsim.gen import rows as R
+from dmsim.gen.generate import build, write
+from dmsim.gen.scenario import SCENARIO_DIR, ScenarioError, load_scenario
+
+SCENARIOS = ("boot", "modules", "bpftrace", "secretmem", "mix")
+SMALL = 0.1  # --scale for the tests: boot, the first pipe burst and a few workload steps
+
+
+def text(name, seed=1, scale=SMALL, groups=True) -> bytes:
+    buf = io.BytesIO()
+    write(build(load_scenario(name), seed, scale), buf, groups)
+    return buf.getvalue()
+
+
+def scenario_file(tmp_path, body: str, name="s.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(body.replace("BASE", os.path.join(SCENARIO_DIR, "_base.yaml")))
+    return str(p)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes():
+    a, b, c = text("mix", 1), text("mix", 1), text("mix", 2)
+    assert a == b
+    assert a != c
+    assert a.startswith(b"dmsim-trace 1\n")
+
+
+def test_gzip_output_is_deterministic_too(tmp_path):
+    runner = CliRunner()
+    outs = []
+    for k in range(2):
+        p = tmp_path / f"t{k}.trace.gz"
+        r = runner.invoke(cli, ["gen", "secretmem", "--scale", "0.05", "-o", str(p)])
+        assert r.exit_code == 0, r.output
+        outs.append(p.read_bytes())
+    assert outs[0] == outs[1]
+    assert gzip.decompress(outs[0]).startswith(b"dmsim-trace 1\n")
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_replays_without_handle_errors(name, tmp_path):
+    from dmsim.core import constants as C
+    from dmsim.load import load_trace
+    from dmsim.simulate import simulate
+
+    p = tmp_path / f"{name}.trace"
+    p.write_bytes(text(name))
+    trace = load_trace(str(p))
+    r = simulate(trace)
+    assert r.counters[C.NR_HANDLE_ERRORS] == 0
+    assert r.buddy.stat("alloc_fail") == 0
+    assert r.counters[C.SYSTEM_RUNNING] == 1
+
+
+def test_unmapped_groups_are_written_and_can_be_left_out():
+    t = text("mix").decode()
+    assert " unmapped=module\n" in t and " unmapped=bpf\n" in t and " unmapped=secretmem\n" in t
+    assert "unmapped=" not in text("mix", groups=False).decode()
+
+
+def test_events_grow_linearly_with_scale(tmp_path):
+    # without pipe bursts (their times are random) the rest is rate x time
+    path = scenario_file(tmp_path, "include: " + os.path.join(SCENARIO_DIR, "modules.yaml")
+                         + "\nbackground: {pipes: null}\n")
+    sc = load_scenario(path)
+    e = {s: len(build(sc, 1, s)) for s in (2.0, 4.0, 8.0)}
+    assert e[2.0] < e[4.0] < e[8.0]
+    ratio = (e[8.0] - e[4.0]) / (e[4.0] - e[2.0])
+    assert 1.7 < ratio < 2.3, e
+
+
+def test_live_memory_does_not_grow_with_scale():
+    a = build(load_scenario("boot"), 1, 1.0).stats["peak_live_mib"]
+    b = build(load_scenario("boot"), 1, 4.0).stats["peak_live_mib"]
+    assert b < 2 * a
+
+
+@pytest.mark.parametrize("body, message", [
+    ("include: BASE\nduration: many\n", "duration: expected a number, got 'many'"),
+    ("include: BASE\nmodules: {cycles: 3, pool: [xfs], cylces: 4}\n", "modules.cylces: unknown key"),
+    ("include: BASE\nmodules: {cycles: 3, pool: [no_such_module]}\n",
+     "modules.pool: 'no_such_module': no such module"),
+    ("include: BASE\nsecretmem: {processes: 2, pages: {lognormal: {median: 4}}, lifetime: 1}\n",
+     "secretmem.pages: lognormal: give exactly one of sigma, p75, p90, p99"),
+    ("include: BASE\nbackground:\n  streams:\n    - {name: x, mt: sticky, rate: 1, lifetime: 1}\n",
+     "background.streams[0].mt: 'sticky': expected one of"),
+    ("include: BASE\nmachine: {ram: lots}\n", "machine: ram"),
+    ("include: nothere.yaml\n", "include: nothere.yaml: no such file"),
+    ("duration: [\n", "not valid YAML"),
+    ("duration: 1\n", "machine: missing"),
+])
+def test_bad_scenarios_name_file_and_key(tmp_path, body, message):
+    path = scenario_file(tmp_path, body)
+    with pytest.raises(ScenarioError) as e:
+        build(load_scenario(path), 1, 1.0)
+    assert message in str(e.value)
+    assert str(e.value).startswith(path) or "_base.yaml" in str(e.value)
+
+
+def test_a_bad_key_in_an_included_file_names_that_file(tmp_path):
+    scenario_file(tmp_path, "include: BASE\nboot: {settle: soon}\n", "inc.yaml")
+    top = scenario_file(tmp_path, "include: inc.yaml\n", "top.yaml")
+    with pytest.raises(ScenarioError, match=r"inc\.yaml: boot\.settle: expected a number"):
+        build(load_scenario(top), 1, 1.0)
+
+
+def test_cli_bad_scenario_exit_2_one_line_no_traceback(tmp_path):
+    path = scenario_file(tmp_path, "include: BASE\nduration: many\n")
+    r = CliRunner().invoke(cli, ["gen", path, "-o", str(tmp_path / "out.trace")])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output
+    assert r.stderr.startswith(f"dmsim: {path}: duration:")
+    assert not (tmp_path / "out.trace").exists()
+    r = CliRunner().invoke(cli, ["gen", "nosuchscenario", "-o", str(tmp_path / "out.trace")])
+    assert r.exit_code == 2 and "known: boot, bpftrace, mix, modules, secretmem" in r.stderr
+
+
+def test_too_much_live_memory_is_refused(tmp_path):
+    path = scenario_file(tmp_path, "include: BASE\nmachine: {ram: 64M}\n")
+    with pytest.raises(ScenarioError, match="allocated at once"):
+        build(load_scenario(path), 1, 1.0)
+
+
+def test_cli_stdout_and_no_overwrite(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gen", "boot", "--scale", "0.05", "-o", "-"])
+    assert r.exit_code == 0
+    assert r.stdout.startswith("dmsim-trace 1\n")
+    assert "wrote" in r.stderr
+    out = tmp_path / "t.trace"
+    out.write_text("keep me")
+    r = runner.invoke(cli, ["gen", "boot", "--scale", "0.05", "-o", str(out)])
+    assert r.exit_code == 3 and out.read_text() == "keep me"
+    r = runner.invoke(cli, ["gen", "boot", "--scale", "0.05", "-o", str(out), "--force"])
+    assert r.exit_code == 0 and out.read_text().startswith("dmsim-trace 1\n")
+
+
+def test_module_load_matches_the_recorded_kernel():
+    """virtio_blk and crc32c_generic in traces/real/vm2g-bpftrace.trace.gz: the kernel
+    made 12 and 6 alias pages read-only (module_enable_ro twice: core text + rodata +
+    init text) and reset 4 and 3 init pages when it freed the init area."""
+    table = modules.load_table()
+    for name, ro_pages, init_pages in (("virtio_blk", 12, 4), ("crc32c_generic", 6, 3)):
+        rows, objs = R.Rows(), R.Objects()
+        ms = modules.ModuleSystem(table, rows, objs, _Const(0.01), np.random.default_rng(0))
+        ms._load(table[name], 0.0)
+        _, op, obj, b, c = rows.columns()
+        assert int(c[op == R.SET_RO].sum()) == ro_pages
+        sizes = dict(zip(obj[op == R.VMALLOC_MODULE].tolist(), b[op == R.VMALLOC_MODULE].tolist(),
+                         strict=True))
+        init = obj[op == R.VFREE_RESET]
+        assert [sizes[int(i)] for i in init] == [init_pages]
+        assert (c[(op >= R.SET_RO) & (op <= R.SET_NX)] > 0).all()  # no "rest of handle" calls
+
+
+def test_modprobe_loads_dependencies_first_and_r_unloads_unused_ones():
+    table = modules.load_table()
+    rows, objs = R.Rows(), R.Objects()
+    ms = modules.ModuleSystem(table, rows, objs, _Const(0.01), np.random.default_rng(0))
+    ms.modprobe("xfs", 0.0)
+    assert list(ms.loaded) == ["libcrc32c", "xfs"]
+    ms.modprobe_r("xfs", 1.0)
+    assert ms.loaded == {}
+
+
+def test_bpf_programs_share_a_pack_and_packs_off_gives_each_its_own_area():
+    rows, objs = R.Rows(), R.Objects()
+    jit = bpf.JitMemory(rows, objs, packs=True)
+    imgs = [jit.alloc(500, 0.0) for _ in range(100)]
+    assert jit.new_packs == 1
+    assert [i[2] for i in imgs[:3]] == [0, 9, 18]  # round_up(500 + 8 + 16, 64) / 64 chunks
+    for i in imgs:
+        jit.free(i, 1.0)
+    _, op, *_ = rows.columns()
+    assert list(op) == [R.VMALLOC_BPF, R.SET_RO, R.SET_X, R.VFREE_RESET]
+    rows, objs = R.Rows(), R.Objects()
+    jit = bpf.JitMemory(rows, objs, packs=False)
+    jit.alloc(500, 0.0)
+    jit.alloc(5000, 0.0)
+    _, op, obj, b, c = rows.columns()
+    assert list(b[op == R.VMALLOC_BPF]) == [1, 2]
+
+
+def test_first_fit_is_bitmap_find_next_zero_area():
+    m = np.zeros(16, bool)
+    m[[0, 1, 5]] = True
+    assert bpf.first_fit(m, 3) == 2
+    assert bpf.first_fit(m, 4) == 6
+    assert bpf.first_fit(m, 11) == -1
+
+
+class _Const:
+    def __init__(self, v):
+        self.v = v
+
+    def one(self, rng):
+        return self.v
