@@ -49,3 +49,9 @@ GEN_SCENARIOS := boot modules bpftrace secretmem mix
 traces: $(STAMP)
 	for s in $(GEN_SCENARIOS); do $(BIN)/dmsim gen $$s --seed 1 --scale 1 -o traces/gen-$$s.trace.gz --force || exit 1; done
 	$(BIN)/python record/traces_readme.py
+
+# docs/results.md: every shipped trace under every policy (tests/test_shipped_traces.py
+# checks that the committed file is what this prints).
+.PHONY: results
+results: $(STAMP)
+	$(BIN)/python -m dmsim.report.results -o docs/results.md

@@ -15,8 +15,13 @@ allocation lands (docs/design-simulated-placement.md).
   by their alias calls (vmalloc_areas()) and become EV_H_VMALLOC handles, so
   an allocation policy can place them too;
 - who would ask for __GFP_UNMAPPED (docs/design-policies.md): a traced
-  allocation whose page a set_direct_map_invalid_noflush() call (primary 0,
-  clears _PAGE_PRESENT) hits while it is live is secretmem; vmalloc areas are
+  allocation whose first protection change is set_direct_map_invalid_noflush()
+  (primary 0, clears _PAGE_PRESENT) is secretmem (secretmem_fault() unmaps
+  the page it just allocated; a vmalloc page that came from alloc_pages() is
+  made read-only before vm_reset_perms() unmaps it); one whose first change is
+  an alias call making it read-only is a one-page vmalloc area (module_alloc()
+  of one page: __alloc_pages_bulk() hands a single page to alloc_pages(), which
+  the trace shows), module memory; vmalloc areas are
   module memory, or BPF memory when one call made 512 of their pages read-only
   (a 2 MiB bpf_prog_pack).
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.constants import _PAGE_PRESENT
+from ..core.constants import _PAGE_PRESENT, _PAGE_RW
 from .events import (
     CPAF_PRIMARY,
     CPAF_RAW,
@@ -101,6 +106,8 @@ def to_simulated_placement(trace: Trace) -> Trace:
     dropped = 0
     alloc_row = {}  # handle -> its EV_H_ALLOC row in b (flags get the user group)
     secretmem = set()
+    changed = set()  # traced allocations a protection change has hit
+    one_page_areas = set()
     area_handle = {}  # area index -> handle
     area_now = {}  # pfn -> the live area it backs
     area_freed = {}  # area index -> pages freed so far
@@ -147,20 +154,27 @@ def to_simulated_placement(trace: Trace) -> Trace:
             owner[pfn:pfn + (1 << order)] = -1
             del base[h]
         elif k == EV_CPA and a0[i] < hv:
-            if not fl[i] & CPAF_PRIMARY and mc_col[i] & _PAGE_PRESENT:
-                # set_direct_map_invalid_noflush() on a live traced allocation: secretmem
-                hs = owner[a0[i]:a0[i] + a1[i]]
-                secretmem.update(int(x) for x in np.unique(hs[(hs >= 0)]) if int(x) in alloc_row)
+            hs = owner[a0[i]:a0[i] + a1[i]]
+            for x in np.unique(hs[hs >= 0]).tolist():
+                if x in alloc_row and x not in changed:
+                    changed.add(x)
+                    if not fl[i] & CPAF_PRIMARY and mc_col[i] & _PAGE_PRESENT:
+                        secretmem.add(x)  # set_direct_map_invalid_noflush() comes first
+                    elif not fl[i] & CPAF_PRIMARY and mc_col[i] & _PAGE_RW and a1[i] == 1:
+                        one_page_areas.add(x)  # an alias made read-only comes first
             _cpa_runs(b, owner, base, a0[i], a1[i], ms_col[i], mc_col[i], fl[i])
         else:
             b.append(k, a0[i], a1[i], ms_col[i], mc_col[i], fl[i])
     events = b.finish()
     for h in secretmem:
         events.flags[alloc_row[h]] |= UNMAPPED_SECRETMEM << UNMAPPED_SHIFT
+    for h in one_page_areas:
+        events.flags[alloc_row[h]] |= UNMAPPED_MODULE << UNMAPPED_SHIFT
     out = Trace(machine=m, events=events, checkpoints=trace.checkpoints, meta=dict(trace.meta))
     out.meta.update({"placement": "simulate", "handles": h_next, "vmalloc_pages": vmalloc_pages,
                      "preexisting_blocks": len(pre_handle), "untraced_frees": dropped,
-                     "vmalloc_areas": len(areas), "secretmem_allocations": len(secretmem)})
+                     "vmalloc_areas": len(areas), "secretmem_allocations": len(secretmem),
+                     "one_page_vmalloc_areas": len(one_page_areas)})
     return out
 
 
