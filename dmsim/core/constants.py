@@ -64,6 +64,7 @@ DIRECT_MAP_LEVEL3_COLLAPSE = 16  # 6.15 collapse_page_count(PG_LEVEL_1G)
 NR_PT_FREED = 17  # page-table pages freed by merges and collapses
 NR_UNMAPPED_PAGEBLOCKS = 18  # migrate_unmapped: set_pageblock_unmapped() conversions
 NR_UNMAPPED_REFILLS = 19  # unmapped_alloc: cache refills from the buddy
+NR_CPA_CHANGED = 20  # entries a call changed (it sets CPA_FLUSHTLB when > 0)
 NR_COUNTERS = 24
 
 # _PAGE_KERNEL_4K (6.15, software bit 11): set_memory_4k() marks ptes never to collapse

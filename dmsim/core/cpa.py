@@ -26,6 +26,7 @@ ZERO = U64(0)
 KNL_ERRATUM_MASK = U64(C._PAGE_DIRTY | C._PAGE_ACCESSED)
 KERNEL_4K = U64(C._PAGE_KERNEL_4K)
 SPLITPGT = U64(S.SPLITPGT)
+PAGE_KERNEL_LARGE = U64(C.PAGE_KERNEL | C._PAGE_PSE)  # a direct-map 2M leaf at boot
 CPAF_PRIMARY = 1  # mirrored from dmsim/trace/events.py (tests/test_events.py)
 CPAF_FORCE_SPLIT = 2
 CPAF_COLLAPSE = 8
@@ -295,6 +296,27 @@ def collapse_pmd_page(pi, pud_state, pmd_state, pmd_prot, pmd_table, pte, nr_tab
 
 
 @njit(cache=True)
+def set_direct_map_pmd(pi, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
+                       pfn_mapped):
+    """set_direct_map_PMD() of the Jan 2022 RFC's `#if 0` FIXME in __free_one_page(),
+    which the prototype never wrote: map the free pageblock with one 2M leaf again,
+    as init_mem_mapping() did (PAGE_KERNEL | _PAGE_PSE), whatever its ptes say (they
+    lost _PAGE_GLOBAL in every invalid/default cycle). Returns 1 when a table went."""
+    if pmd_state[pi] != S.ENTRY_TABLE:
+        return 0
+    row = pmd_table[pi]
+    pmd_state[pi] = S.ENTRY_LEAF
+    pmd_prot[pi] = PAGE_KERNEL_LARGE
+    pmd_table[pi] = -1
+    free_row(nr_tables, pte, row)
+    pt_log(nr_tables, params, row, 0, 1)
+    counters[C.NR_PT_FREED] += 1
+    if pfn_range_is_mapped(pfn_mapped, vpfn_to_pfn(params, pi << 9)):
+        collapse_page_count(counters, LEVEL_2M)
+    return 1
+
+
+@njit(cache=True)
 def collapse_pud_page(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
                       params, pfn_mapped):
     """collapse_pud_page() (6.15): only with direct_gbpages; 512 present 2M
@@ -302,7 +324,7 @@ def collapse_pud_page(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, c
     if params[S.P_GBPAGES] == 0 or pud_state[gb] != S.ENTRY_TABLE:
         return 0
     base = gb << 9
-    pfn = vpfn_to_pfn(params, base)
+    pfn = vpfn_to_pfn(params, gb << 18)
     first = pmd_prot[base]
     if pmd_state[base] != S.ENTRY_LEAF or (pfn & 262143) != 0:
         return 0
@@ -431,6 +453,7 @@ def change_large_page(level, slot, vpfn, numpages, mask_set, mask_clr, force_spl
         split_large_page(level, slot, vpfn, fsp, pud_state, pud_prot, pmd_state,
                          pmd_prot, pmd_table, pte, nr_tables, counters, params, pfn_mapped)
         return 0, fsp
+    counters[C.NR_CPA_CHANGED] += 1  # cpa->flags |= CPA_FLUSHTLB
     if level == LEVEL_2M:  # all checks passed: rewrite the leaf in place
         pmd_prot[slot] = new_prot
         if params[S.P_MERGE_POLICY] == S.MERGE_CPA:  # __set_pmd_pte() on a split PMD table
@@ -471,8 +494,9 @@ def change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, primary, force_
             new_prot = static_protections(new_prot, cur, vpfn_to_pfn(params, cur), 1, 0,
                                           params, counters, pud_state, pmd_state, pmd_table, pte)
             new_prot = pgprot_clear_protnone_bits(new_prot, params)
-            if new_prot != pte[slot, i]:
+            if new_prot != pte[slot, i]:  # "Do we really change anything?"
                 pte[slot, i] = new_prot
+                counters[C.NR_CPA_CHANGED] += 1  # cpa->flags |= CPA_FLUSHTLB
                 if params[S.P_MERGE_POLICY] == S.MERGE_CPA:
                     merge_pte_table(cur >> 9, pud_state, pud_prot, pmd_state, pmd_prot,
                                     pmd_table, pte, nr_tables, counters, params)
@@ -502,9 +526,13 @@ def cpa_apply(vpfn, numpages, mask_set, mask_clr, cpa_flags, pud_state, pud_prot
     rox = params[S.P_MERGE_POLICY] == S.MERGE_ROX
     if rox and force_split:
         mask_set |= KERNEL_4K
+    changed = counters[C.NR_CPA_CHANGED]
     change_page_attr_set_clr(vpfn, numpages, mask_set, mask_clr, (cpa_flags & CPAF_PRIMARY) != 0,
                              force_split, pud_state, pud_prot, pmd_state, pmd_prot, pmd_table,
                              pte, nr_tables, counters, params, pfn_mapped)
-    if rox and (cpa_flags & CPAF_COLLAPSE) != 0:
+    # change_page_attr_set_clr(): no CPA_FLUSHTLB, no cpa_flush(), so no collapse
+    # (alias calls are nested __change_page_attr_set_clr(.., 0): they never reach it)
+    if rox and (cpa_flags & CPAF_COLLAPSE) != 0 and (cpa_flags & CPAF_PRIMARY) != 0 \
+            and counters[C.NR_CPA_CHANGED] != changed:
         cpa_collapse_large_pages(vpfn, numpages, pud_state, pud_prot, pmd_state, pmd_prot,
                                  pmd_table, pte, nr_tables, counters, params, pfn_mapped)

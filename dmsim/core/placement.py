@@ -42,7 +42,7 @@ from .buddy import (
 )
 from .buddy import alloc_pages as _alloc_pages
 from .buddy import free_pages as _free_pages
-from .cpa import NX, ZERO, collapse_pmd_page, cpa_apply
+from .cpa import NX, ZERO, cpa_apply, set_direct_map_pmd
 from .zones import ZONE_NORMAL
 
 # mirrored from dmsim/trace/events.py (tests/test_events.py pins them)
@@ -165,19 +165,63 @@ def cache_rmqueue_smallest(uc, order):
 # -- the allocator side of page-table pages and of the policies ----------------------
 
 @njit(cache=True)
-def free_hook(pfn, order, dm, buddy, pol, uc):
-    """free_pages_prepare() with the policy's hook, then the free."""
+def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """__free_pages(): free_pages_prepare() with the policy's hook, then the free.
+    A map-back that makes a split table whole again (cpa_merge) frees the table's
+    page from inside free_pages_prepare(): that page is freed, depth first, before
+    the page being freed goes on (an explicit stack, numba has no recursion here)."""
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
-    if pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED:
-        for j in range(1 << order):  # migrate_unmapped_map_pages()
-            cpa1(pfn + j, 1, P_INVALID, ZERO, 0, dm)
-    elif pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][pfn >> PAGEBLOCK_ORDER] != 0:
-        # get_pageblock_unmapped(page): unmapped_pages_free(); the buddy never sees it again
-        cache_free_one(uc, pfn, order, False)
-        return
-    free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
-               stats, cfg, pfn, order)
+    nr_tables = dm[6]
+    st_pfn = np.empty(64, np.int64)
+    st_order = np.empty(64, np.int64)
+    st_ready = np.zeros(64, np.bool_)
+    st_pfn[0] = pfn
+    st_order[0] = order
+    top = 1
+    while top > 0:
+        p = st_pfn[top - 1]
+        o = st_order[top - 1]
+        if not st_ready[top - 1]:
+            st_ready[top - 1] = True
+            if pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and \
+                    pb_mt[p >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED:
+                mark = nr_tables[S.NT_LOG_LEN]
+                for j in range(1 << o):  # migrate_unmapped_map_pages()
+                    cpa1(p + j, 1, P_INVALID, ZERO, 0, dm)
+                # the tables its merges freed: __free_page() inside free_pages_prepare()
+                n = nr_tables[S.NT_LOG_LEN]
+                k = n - 1
+                while k >= mark:  # pushed last first: freed in log order
+                    e = nr_tables[S.NT_LOG + k]
+                    k -= 1
+                    ident = e >> 2
+                    if (e & 1) == 0:
+                        continue  # a map-back never splits (its ptes are 4K already)
+                    if (e >> 1) & 1:
+                        tp = pud_pfn[ident]
+                        pud_pfn[ident] = -1
+                    else:
+                        tp = row_pfn[ident]
+                        row_pfn[ident] = -1
+                    if tp < 0:
+                        continue
+                    if top == 64:
+                        nr_tables[S.NT_LOG_OVERFLOW] += 1
+                        continue
+                    st_pfn[top] = tp
+                    st_order[top] = 0
+                    st_ready[top] = False
+                    top += 1
+                nr_tables[S.NT_LOG_LEN] = mark
+                continue
+        top -= 1
+        if pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][p >> PAGEBLOCK_ORDER] != 0:
+            # get_pageblock_unmapped(page): unmapped_pages_free(); the buddy never sees it again
+            cache_free_one(uc, p, o, False)
+            continue
+        free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
+                   stats, cfg, p, o)
 
 
 @njit(cache=True)
@@ -216,13 +260,13 @@ def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
                     pfn = row_pfn[ident]
                     row_pfn[ident] = -1
                 if pfn >= 0:  # -1: a table init_mem_mapping() built from memblock
-                    free_hook(pfn, 0, dm, buddy, pol, uc)
+                    free_hook(pfn, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
         elif k < stats[S_PB_LOG_LEN]:
             pb = stats[S_PB_LOG + k]
             k += 1
             # the FIXME's set_direct_map_PMD(): restore the pageblock's 2M leaf
-            collapse_pmd_page(pb, pud_state, pmd_state, pmd_prot, pmd_table, pte, nr_tables,
-                              counters, params, pfn_mapped)
+            set_direct_map_pmd(pb, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters,
+                               params, pfn_mapped)
         else:
             break
     nr_tables[S.NT_LOG_LEN] = 0
@@ -252,8 +296,8 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     elif policy == ALLOC_UNMAPPED_CACHE:
         # __alloc_pages() -> unmapped_pages_alloc(): the cache first
         pfn = cache_rmqueue_smallest(uc, order)
-        if pfn >= 0:
-            return pfn
+        if pfn >= 0 or order > PAGEBLOCK_ORDER:
+            return pfn  # (above PMD_ORDER the refill loop does not run: NULL)
         req_order = PAGEBLOCK_ORDER  # refill with PMD_ORDER, then smaller until it fits
     while True:
         pfn = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
@@ -351,7 +395,7 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
                 continue
-            free_hook(h_base[h], h_len[h], dm, buddy, pol, uc)
+            free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
             settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_VMALLOC:
@@ -382,7 +426,7 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                              pol, uc)
             for j in range(n):
                 if pool[base + j] >= 0:
-                    free_hook(pool[base + j], 0, dm, buddy, pol, uc)
+                    free_hook(pool[base + j], 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
                     settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_CPA:
