@@ -105,11 +105,14 @@ def main() -> None:
     ap.add_argument("--trace", action="append",
                     default=None, help="real trace(s) for the end-to-end figure")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--gen-scale", type=float, default=10.0,
+                    help="--scale of the generated trace the native reader parses")
     a = ap.parse_args()
     bench_core(a.events, local=True)
     bench_core(a.events, local=False)
     bench_placement(a.events)
     bench_1tib()
+    bench_gen_parse(a.gen_scale)
     import os
     import tempfile
 
@@ -166,6 +169,48 @@ def bench_placement(n: int) -> None:
     print(f"placement: {n:,} alloc/free events by handle on a 16 GiB machine: {dt:.2f} s = "
           f"{n / dt / 1e6:.2f} M events/s; allocator state {buddy.bytes_per_page():.1f} "
           f"bytes/page ({pages:,} pages); {buddy.stat('alloc_fail')} failed")
+
+
+def bench_gen_parse(scale: float, repeat: int = 3) -> None:
+    """The native reader on a generated trace (`dmsim gen mix`: events by handle),
+    from a .gz file (gunzip included) and from its text (parse alone); and the
+    per-line Python reader alone (native._FAST off) on its first 200,000 lines."""
+    import gzip
+    import io
+
+    from dmsim.gen.generate import build, write
+    from dmsim.gen.scenario import load_scenario
+    from dmsim.trace import native
+
+    buf = io.BytesIO()
+    write(build(load_scenario("mix"), 1, scale), buf)
+    text = buf.getvalue()
+    packed = gzip.compress(text, 6)
+    native.parse_native(text[:100_000].rsplit(b"\n", 1)[0], "warm")  # JIT (or load the cache)
+    best = {"gz": 1e9, "text": 1e9}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        data = gzip.decompress(packed)
+        t = native.parse_native(data, "gen.trace.gz")
+        t1 = time.perf_counter()
+        native.parse_native(text, "gen.trace")
+        t2 = time.perf_counter()
+        best["gz"], best["text"] = min(best["gz"], t1 - t0), min(best["text"], t2 - t1)
+    n, lines = len(t.events), text.count(b"\n")
+    cut = 0
+    for _ in range(min(200_000, lines)):
+        cut = text.index(b"\n", cut) + 1
+    native._FAST = False
+    try:
+        t0 = time.perf_counter()
+        slow = native.parse_native(text[:cut], "gen.trace")
+        dt_slow = time.perf_counter() - t0
+    finally:
+        native._FAST = True
+    print(f"native reader, generated trace (mix --scale {scale:g}: {lines:,} lines, {n:,} events, "
+          f"{len(text) / 2**20:.0f} MiB): parse {n / best['text'] / 1e6:.2f} M events/s, "
+          f"gunzip+parse {n / best['gz'] / 1e6:.2f} M events/s; Python path alone "
+          f"{len(slow.events) / dt_slow / 1e6:.2f} M events/s")
 
 
 def bench_1tib(n: int = 1_000_000) -> None:

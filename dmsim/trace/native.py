@@ -31,6 +31,7 @@ from ..core.constants import (
     PAGE_SHIFT,
 )
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError
+from . import native_scan as _ns
 from .errors import LineErrors, TraceError
 from .events import (
     CPAF_COLLAPSE,
@@ -59,8 +60,6 @@ from .events import (
     EventBuilder,
     Trace,
 )
-from .native_scan import convert_events
-from .native_scan import scan as native_scan
 
 MAGIC = "dmsim-trace"
 VERSION = 1
@@ -68,7 +67,7 @@ COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
             "DirectMap4k", "DirectMap2M", "DirectMap1G")
 HEADER_WORDS = ("machine", "e820", "gbpages", "kernel", "reserve", "overflow")
 HANDLE_WORDS = ("page_alloc", "page_free", "vmalloc", "vfree", "set_memory", "hcpa")
-EVENT_WORDS = ("cpa", "alloc", "free", "system_running", "kernel_ro", "step", "check",
+EVENT_WORDS = ("cpa", "vcpa", "alloc", "free", "system_running", "kernel_ro", "step", "check",
                "sample") + HANDLE_WORDS
 ZONES = {"dma": 0, "dma32": 1, "normal": 2}
 MAX_HANDLE = (1 << 31) - 1
@@ -122,6 +121,8 @@ def _hex(tok: str, what: str) -> int:
 def _dec(tok: str, what: str) -> int:
     if DEC_RE.fullmatch(tok) is None:
         raise _Bad(f"{what}: expected a decimal number, got {tok!r}")
+    if len(tok) > 18:  # the event columns are int64
+        raise _Bad(f"{what}: {tok} is too large")
     return int(tok)
 
 
@@ -449,8 +450,8 @@ class _Events:
                 rest = tokens[2:4]
             first = _dec(rest[0], "first page") if rest else 0
             n = _dec(rest[1], "npages") if rest else 0  # 0: the rest of the handle
-            if first > 0xFFFFFFFF or n > 0xFFFFFFFF:
-                raise _Bad("first page and npages must fit in 32 bits")
+            if first > 0x7FFFFFFF or n > 0xFFFFFFFF:
+                raise _Bad("first page must be below 2^31 and npages fit in 32 bits")
             self.b.append(EV_H_CPA, h, first << 32 | n, mask_set, mask_clr,
                           (CPAF_FORCE_SPLIT if force else 0) | (CPAF_COLLAPSE if collapse else 0))
 
@@ -491,6 +492,54 @@ class _Events:
             self.n_free += 1
 
 
+# The bulk path (native_scan.py): the words and limits of the checks above, as arrays.
+_FAST = True  # False: every line through the checks above (tests compare the two)
+_SCAN_TABLES = _ns.make_tables(
+    SET_MEMORY,
+    # handle_event(): set_memory's CPA flags
+    {api: (CPAF_FORCE_SPLIT if force else 0) | (CPAF_COLLAPSE if api == "rox" else 0)
+     for api, (_, _, force) in SET_MEMORY.items()},
+    ZONES, UNMAPPED_GROUPS,
+    {_ns.C_PRIMARY: CPAF_PRIMARY, _ns.C_FORCE_SPLIT: CPAF_FORCE_SPLIT,
+     _ns.C_COLLAPSE: CPAF_COLLAPSE, _ns.C_RESET_PERMS: VFREE_RESET_PERMS,
+     _ns.C_UNMAPPED_SHIFT: UNMAPPED_SHIFT, _ns.C_ZONE_DEFAULT: ZONES["normal"]})
+_SCAN_LIMITS = _ns.Limits(
+    max_order=MAX_ORDER, nr_migratetypes=MIGRATE_TYPES,
+    max_h_mt=2,  # handle_event(): page_alloc mt 0..2
+    max_handle=MAX_HANDLE,
+    max_vmalloc=1 << 24,  # handle_event(): vmalloc npages 1..1 << 24
+    # handle_event(): first and npages fit in 32 bits; a first page of 2^31 or more
+    # makes an arg1 (first << 32 | n) past int64, which is left to the Python path
+    max_first=0x7FFFFFFF, max_n=0xFFFFFFFF,
+    vcpa_pages=1 << 52)  # vcpa(): a page below 1 << 52
+_EV_KIND = np.zeros(_ns.N_KINDS, np.uint8)
+for _k, _ev in ((_ns.N_CPA_DIRECT, EV_CPA), (_ns.N_CPA_HIGHMAP, EV_CPA), (_ns.N_ALLOC, EV_ALLOC),
+                (_ns.N_FREE, EV_FREE), (_ns.N_H_ALLOC, EV_H_ALLOC), (_ns.N_H_FREE, EV_H_FREE),
+                (_ns.N_H_VMALLOC, EV_H_VMALLOC), (_ns.N_H_VFREE, EV_H_VFREE),
+                (_ns.N_H_CPA, EV_H_CPA), (_ns.N_VCPA, EV_VCPA),
+                (_ns.N_SYSTEM_RUNNING, EV_SYSTEM_RUNNING), (_ns.N_KERNEL_RO, EV_KERNEL_RO)):
+    _EV_KIND[_k] = _ev
+
+
+def _merge(fast_cols, fast_line: np.ndarray, py: EventArrays, py_line: list[int]) -> list:
+    """The two paths' rows in line order (both are in line order already)."""
+    if len(py) == 0:
+        return list(fast_cols)
+    if len(fast_line) == 0:
+        return list(py.columns())
+    lines = np.array(py_line, np.int64)
+    at = np.searchsorted(fast_line, lines) + np.arange(len(lines))  # rows before each
+    is_py = np.zeros(len(fast_line) + len(lines), np.bool_)
+    is_py[at] = True
+    cols = []
+    for f, p in zip(fast_cols, py.columns(), strict=True):
+        c = np.empty(is_py.shape[0], p.dtype)
+        c[is_py] = p
+        c[~is_py] = f
+        cols.append(c)
+    return cols
+
+
 def parse_native(text: str | bytes, path: str, lenient: bool = False,
                  machine: Machine | None = None) -> Trace:
     """Parse a native trace. `machine` (--machine) replaces the header's machine.
@@ -498,9 +547,9 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
     Strict mode raises TraceError (file:line: message: text) on the first bad
     line; lenient mode skips and counts bad lines (meta skipped_lines). A missing
     or bad version line and a machine that cannot be built are always fatal.
-    Event lines in write_native()'s canonical form are tokenised in bulk
-    (native_scan.py) and range-checked with numpy; every other line goes
-    through the checks below one by one.
+    Event lines in the canonical forms write_native() and `dmsim gen` write are
+    tokenised and range-checked in bulk (native_scan.py); every other line, and
+    any the bulk checks are unsure of, goes through _Header / _Events one by one.
     """
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
     errs = LineErrors(path, lenient)
@@ -515,7 +564,9 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
         raise TraceError(path, 1, f"native trace version {first[1]}: this dmsim reads version "
                          f"{VERSION}", line0)
 
-    kind, start, a0, a1, mset, mclr, mflags = native_scan(data)
+    kind, start, a0, a1, a2, mset, mclr, mflags = _ns.scan(data, _SCAN_TABLES)
+    if not _FAST:
+        kind[:] = _ns.N_OTHER
     nlines = len(kind)
 
     def line_text(li: int) -> str:
@@ -562,20 +613,14 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
     m = events.machine
 
     # canonical event lines: checked and converted in bulk, in line order
-    other, *fast_cols, fast_line = convert_events(
-        kind, a0, a1, mset, mclr, mflags, body, events.max_pfn, events.highmap_vpfn,
+    other, *fast_cols, fast_line, fast_max_handle, fast_vmalloc_pages = _ns.convert_events(
+        kind, a0, a1, a2, mset, mclr, mflags, body, events.max_pfn, events.highmap_vpfn,
         HIGHMAP_PAGES, np.array(events.ram_start, np.int64), np.array(events.ram_end, np.int64),
-        MAX_ORDER, MIGRATE_TYPES, EV_CPA, EV_ALLOC, EV_FREE)
+        _SCAN_LIMITS, _EV_KIND)
     for li in np.nonzero(other)[0].tolist():  # the Python path says what is wrong
         python_line(li)
 
-    py = events.b.finish()
-    if len(py) == 0:
-        cols = fast_cols
-    else:
-        order = np.argsort(np.concatenate([fast_line, np.array(py_line, np.int64)]), kind="stable")
-        cols = [np.concatenate([f, p])[order].astype(p.dtype)
-                for f, p in zip(fast_cols, py.columns(), strict=True)]
+    cols = _merge(fast_cols, fast_line, events.b.finish(), py_line)
     k_fast = fast_cols[0]
 
     trace = Trace(machine=m, events=EventArrays(*cols), checkpoints=events.checkpoints)
@@ -587,8 +632,8 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
         "page_frees": events.n_free + int(np.count_nonzero(k_fast == EV_FREE)),
         "skipped_lines": errs.skipped,
         "first_skipped": str(errs.first) if errs.first else None,
-        "handles": events.max_handle + 1,
-        "vmalloc_pages": events.vmalloc_pages,
+        "handles": max(events.max_handle, int(fast_max_handle)) + 1,
+        "vmalloc_pages": events.vmalloc_pages + int(fast_vmalloc_pages),
     })
     if header.overflow is not None:
         trace.meta["entries"] = header.overflow
