@@ -121,8 +121,6 @@ def _hex(tok: str, what: str) -> int:
 def _dec(tok: str, what: str) -> int:
     if DEC_RE.fullmatch(tok) is None:
         raise _Bad(f"{what}: expected a decimal number, got {tok!r}")
-    if len(tok) > 18:  # the event columns are int64
-        raise _Bad(f"{what}: {tok} is too large")
     return int(tok)
 
 
@@ -371,7 +369,10 @@ class _Events:
         page = _hex(tokens[1], "vmalloc page")
         if page >= 1 << 52:
             raise _Bad(f"vmalloc page {page:#x} is not an address >> 12")
-        self.b.append(EV_VCPA, page, _dec(tokens[2], "numpages"), _u64(tokens[3][4:], "set"),
+        numpages = _dec(tokens[2], "numpages")
+        if numpages >= 1 << 63:
+            raise _Bad(f"numpages {numpages} does not fit in 63 bits")
+        self.b.append(EV_VCPA, page, numpages, _u64(tokens[3][4:], "set"),
                       _u64(tokens[4][4:], "clr"), CPAF_PRIMARY if len(tokens) == 6 else 0)
 
     def handle(self, tok: str) -> int:
