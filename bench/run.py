@@ -110,7 +110,8 @@ def main() -> None:
     a = ap.parse_args()
     bench_core(a.events, local=True)
     bench_core(a.events, local=False)
-    bench_placement(a.events)
+    for policy in ("baseline", "migrate_unmapped", "unmapped_alloc", "cpa_merge"):
+        bench_placement(a.events, policy)
     bench_1tib()
     bench_gen_parse(a.gen_scale)
     import os
@@ -134,8 +135,9 @@ def main() -> None:
 
 
 
-def bench_placement(n: int) -> None:
-    """Simulated placement: n alloc/free events by handle on a 16 GiB machine."""
+def bench_placement(n: int, policy: str = "baseline") -> None:
+    """Simulated placement: n alloc/free events by handle on a 16 GiB machine; a
+    tenth of the allocations are secretmem's (__GFP_UNMAPPED under a policy)."""
     from dmsim.core.api import place
     from dmsim.core.buddy import buddy_from_machine
     from dmsim.core.layout import init_mem_mapping
@@ -158,15 +160,20 @@ def bench_placement(n: int) -> None:
     mt = rng.choice(np.array([0, 1, 2]), size=n, p=[0.3, 0.6, 0.1])
     ev = EventArrays(kind=kind, arg0=h.astype(np.int64), arg1=order.astype(np.int64),
                      mask_set=np.zeros(n, np.uint64), mask_clr=np.zeros(n, np.uint64),
-                     flags=(mt | 2 << 8).astype(np.int32))
+                     flags=(mt | 2 << 8 | np.where(rng.random(n) < 0.1, 1, 0) << 12
+                            ).astype(np.int32))
+    from dmsim.policy import load_policy
+
+    pol = load_policy(policy)
     for k in (1, 0):  # warm-up (JIT or cache load), then the measured run
         m = 2000 if k else n
         st, buddy = init_mem_mapping(machine), buddy_from_machine(machine)
         t0 = time.perf_counter()
-        place(st, buddy, tuple(c[:m] for c in ev.columns()), 0, live, 0)
+        place(st, buddy, tuple(c[:m] for c in ev.columns()), 0, live, 0, policy=pol)
         dt = time.perf_counter() - t0
     pages = machine.total_ram_pages()
-    print(f"placement: {n:,} alloc/free events by handle on a 16 GiB machine: {dt:.2f} s = "
+    print(f"placement ({policy}): {n:,} alloc/free events by handle on a 16 GiB machine: "
+          f"{dt:.2f} s = "
           f"{n / dt / 1e6:.2f} M events/s; allocator state {buddy.bytes_per_page():.1f} "
           f"bytes/page ({pages:,} pages); {buddy.stat('alloc_fail')} failed")
 

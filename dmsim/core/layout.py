@@ -394,7 +394,10 @@ def init_mem_mapping(machine: Machine) -> DirectMapState:
         k = machine.kernel
         _map_highmap(st, machine, highmap_vpfn)
         p[P_HAVE_KERNEL] = 1
-        p[P_HIGHMAP_PFN] = k.phys_base >> PAGE_SHIFT
+        # __pa() of a high-map address: x - __START_KERNEL_map + phys_base, where
+        # phys_base is negative when KASLR put the image below its link address
+        pb = k.phys_base - (1 << 64) if k.phys_base >= 1 << 63 else k.phys_base
+        p[P_HIGHMAP_PFN] = pb >> PAGE_SHIFT  # pfn of offset 0, below 0 then
         to_vpfn = lambda va: highmap_vpfn + ((va - START_KERNEL_MAP) >> PAGE_SHIFT)  # noqa: E731
         p[P_TEXT_START] = to_vpfn(k.text)
         p[P_TEXT_LAST] = to_vpfn(k.etext - 1)

@@ -15,6 +15,7 @@ Modules, one job each:
   rows.py       the event rows every workload appends to; their line templates
   writer.py     rows -> text lines (numba), the header, gzip
   boot.py       allocations before system_running, the boot-time BPF pack
+  kernel_calls.py  the kernel image's own boot-time CPA calls, from a recorded boot
   background.py anonymous/page-cache/slab churn and pipe bursts
   modules.py    Linux 6.1 module load and unload (module sizes from Debian's .ko)
   bpf.py        BPF programs (bpf_prog_pack or one allocation each), trampolines, kprobes

@@ -1,9 +1,11 @@
 """Boot: what the kernel allocates before `system_running`, then the distro's modules.
 
 - `early`: a table of (migratetype, order, count, share freed before
-  system_running). The kernel image's own protections (mark_rodata_ro() and the
-  rest) are the machine model's business, not rows here; `kernel_ro` and
-  `system_running` are written by generate.py.
+  system_running).
+- `kernel_calls`: the CPA calls the kernel makes on its own image (the IDT,
+  .smp_locks, free_initmem(), mark_rodata_ro(), with `kernel_ro`), copied from a
+  recorded boot of the same kernel build and placement (kernel_calls.py);
+  generate.py writes them, and `system_running`.
 - `bpf_boot_pack`: `ptp_classifier_init()` (core_initcall) JITs a BPF filter into
   a fresh bpf_prog_pack that stays for good (README: "What is modelled"); bpf.py
   writes it, and later programs are carved from it first.

@@ -105,8 +105,10 @@ def first_fit(bitmap: np.ndarray, nbits: int) -> int:
 
 def boot_pack(sec, ctx, jit: JitMemory, t: float) -> None:
     """ptp_classifier_init(): one small filter in a pack that stays."""
-    if sec.bool("bpf_boot_pack", True) and jit.use_packs:
-        jit.alloc(sec.int("bpf_boot_prog_bytes", 256, lo=1), t, permanent=True)
+    on = sec.bool("bpf_boot_pack", True)
+    nbytes = sec.int("bpf_boot_prog_bytes", 256, lo=1)  # read (checked) even when off
+    if on and jit.use_packs:
+        jit.alloc(nbytes, t, permanent=True)
 
 
 def runs(sec, ctx, jit: JitMemory) -> None:

@@ -58,8 +58,19 @@ def _merge(base: dict, top: dict, origin: dict, path: tuple, src: str) -> dict:
             out[k] = v
             for q in [q for q in origin if q[:len(p)] == p]:
                 del origin[q]
+            _mark(v, p, origin, src)
         origin[p] = src
     return out
+
+
+def _mark(v, path: tuple, origin: dict, src: str) -> None:
+    """Every key path inside mapping `v` came from `src` (a later merge of the parent
+    mapping must not make them look like the merging file's: file names given in a
+    nested key, e.g. boot.kernel_calls, are relative to the file that gave them)."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            origin[path + (k,)] = src
+            _mark(x, path + (k,), origin, src)
 
 
 def load_raw(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
