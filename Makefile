@@ -44,7 +44,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 # The generated traces in traces/ (dmsim gen, configs/scenarios/), then traces/README.md.
-GEN_SCENARIOS := boot modules bpftrace secretmem mix
+GEN_SCENARIOS := boot modules bpftrace bpftrace-nopack secretmem mix
 .PHONY: traces
 traces: $(STAMP)
 	for s in $(GEN_SCENARIOS); do $(BIN)/dmsim gen $$s --seed 1 --scale 1 -o traces/gen-$$s.trace.gz --force || exit 1; done
