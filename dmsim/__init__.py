@@ -18,7 +18,7 @@ def _numba_cache_dir() -> None:
         return
     here = os.path.dirname(__file__)
     digest = hashlib.sha1(__version__.encode())
-    for sub in ("core", "trace"):
+    for sub in ("core", "trace", "gen"):
         folder = os.path.join(here, sub)
         for name in sorted(os.listdir(folder)):
             if name.endswith(".py"):
