@@ -291,6 +291,24 @@ def load_policy(spec: str, directory: Path | str = POLICY_DIR) -> Policy:
 
 
 def list_policies(directory: Path | str = POLICY_DIR) -> list[Policy]:
-    """Every policy file in `directory`, by name."""
-    return [compose([read_policy_file(Path(directory) / f"{n}.yaml", n)])
-            for n in policy_names(directory)]
+    """Every policy file in `directory`, by name. A file that sets parameters only
+    (e.g. module_alloc_users) is listed with its parameters; it is used composed
+    (`--policy migrate_unmapped+module_alloc_users`): `is_parameters` tells them apart."""
+    out = []
+    for n in policy_names(directory):
+        f = read_policy_file(Path(directory) / f"{n}.yaml", n)
+        if f.alloc is None and f.merge is None:
+            out.append(Policy(name=n, unmapped_users=f.params.get(
+                "unmapped_users", BASELINE.unmapped_users),
+                collapse_free_pageblock=f.params.get("collapse_free_pageblock", False),
+                description=f.description, source=f.source, params=dict(f.params),
+                files=(f.path,)))
+        else:
+            out.append(compose([f]))
+    return out
+
+
+def is_parameters(directory: Path | str, name: str) -> bool:
+    """A file that sets neither an allocation nor a merge policy."""
+    f = read_policy_file(Path(directory) / f"{name}.yaml", name)
+    return f.alloc is None and f.merge is None

@@ -127,7 +127,7 @@ def test_cli_bad_scenario_exit_2_one_line_no_traceback(tmp_path):
     assert r.stderr.startswith(f"dmsim: {path}: duration:")
     assert not (tmp_path / "out.trace").exists()
     r = CliRunner().invoke(cli, ["gen", "nosuchscenario", "-o", str(tmp_path / "out.trace")])
-    assert r.exit_code == 2 and "known: boot, bpftrace, mix, modules, secretmem" in r.stderr
+    assert r.exit_code == 2 and "known: boot, bpftrace, bpftrace-nopack, mix, modules, secretmem" in r.stderr
 
 
 def test_too_much_live_memory_is_refused(tmp_path):

@@ -22,17 +22,21 @@ def policies(fmt):
     Compose an allocation policy and a merge policy with `+`, e.g.
     `--policy migrate_unmapped+cpa_merge` (docs/policies.md).
     """
-    from ..policy import POLICY_DIR, PolicyError, _shown, list_policies
+    from ..policy import POLICY_DIR, PolicyError, _shown, is_parameters, list_policies
 
     try:
         found = list_policies()
     except PolicyError as e:
         raise click.UsageError(f"bad policy file: {e}") from None
     if fmt == "json":
-        doc = {"directory": _shown(POLICY_DIR), "policies": [p.to_json() for p in found]}
+        doc = {"directory": _shown(POLICY_DIR),
+               "policies": [{**p.to_json(), "parameters_only": is_parameters(POLICY_DIR, p.name)}
+                            for p in found]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    rows = [(p.name, p.alloc, p.merge, p.description, p.source) for p in found]
+    params_only = {p.name for p in found if is_parameters(POLICY_DIR, p.name)}
+    rows = [(p.name, *(("(parameters)", "-") if p.name in params_only else (p.alloc, p.merge)),
+             p.description, p.source) for p in found]
     con = stdout_console()
     if con.is_terminal:
         from rich.table import Table

@@ -353,15 +353,13 @@ def __free_one_page(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_
                     stats[S_PB_LOG_LEN] = n + 1
                 else:
                     stats[S_PB_LOG_OVERFLOW] += 1
-    list_mt = np.int64(mt)
-    if order >= PAGEBLOCK_ORDER and list_mt == MIGRATE_UNMAPPED and zone_info[zone, Z_UNMAPPED_COLLAPSE] != 0:
-        list_mt = MIGRATE_MOVABLE  # the block joins the lists of its new type
     if fpi & FPI_TO_TAIL:
         to_tail = True
     else:
         to_tail = buddy_merge_likely(order_, flags, zone_info, pfn, buddy_pfn, order)
-    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, pfn, zone, order, list_mt,
-                     to_tail)
+    # (the FIXME changes the pageblock's type only: the block goes on the list of the
+    # migratetype it was freed with)
+    add_to_free_list(nxt, prv, order_, flags, free_ends, free_count, pfn, zone, order, mt, to_tail)
 
 
 @njit(cache=True, inline="always")

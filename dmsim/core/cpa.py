@@ -256,12 +256,14 @@ def merge_pte_table(pi, pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte
     pmd_state[pi] = S.ENTRY_LEAF
     pmd_prot[pi] = protval_4k_2_large(first) | PSE
     pmd_table[pi] = -1
+    # __set_pmd_pte() of the new leaf may merge the PMD table first (its page is
+    # freed inside), then this table's page goes
+    merge_pmd_table(pi >> 9, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                    params)
     free_row(nr_tables, pte, row)
     pt_log(nr_tables, params, row, 0, 1)
     counters[C.NR_PT_FREED] += 1
     merge_page_count(counters, LEVEL_4K)
-    merge_pmd_table(pi >> 9, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
-                    params)
 
 
 @njit(cache=True)

@@ -173,8 +173,10 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
     nr_tables = dm[6]
+    counters = dm[7]
+    # tasks: a page to free (prepared first, then given back), or a page table to allocate
     st_pfn = np.empty(64, np.int64)
-    st_order = np.empty(64, np.int64)
+    st_order = np.empty(64, np.int64)  # -1: allocate the page table st_pfn (log ident)
     st_ready = np.zeros(64, np.bool_)
     st_pfn[0] = pfn
     st_order[0] = order
@@ -182,6 +184,17 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     while top > 0:
         p = st_pfn[top - 1]
         o = st_order[top - 1]
+        if o < 0:  # split_large_page() during a map-back: alloc_pages(GFP_KERNEL, 0)
+            top -= 1
+            tp = _alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                              zone_info, stats, fallbacks, cfg, ZONE_NORMAL, 0, MIGRATE_UNMOVABLE)
+            if tp < 0:
+                counters[C.NR_PT_ALLOC_FAIL] += 1
+            if p & 1:
+                pud_pfn[p >> 1] = tp
+            else:
+                row_pfn[p >> 1] = tp
+            continue
         if not st_ready[top - 1]:
             st_ready[top - 1] = True
             if pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and \
@@ -189,25 +202,29 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
                 mark = nr_tables[S.NT_LOG_LEN]
                 for j in range(1 << o):  # migrate_unmapped_map_pages()
                     cpa1(p + j, 1, P_INVALID, ZERO, 0, dm)
-                # the tables its merges freed: __free_page() inside free_pages_prepare()
-                n = nr_tables[S.NT_LOG_LEN]
-                k = n - 1
-                while k >= mark:  # pushed last first: freed in log order
+                # its page-table work happens inside free_pages_prepare(): queue it,
+                # last first, so that it runs in log order before this page is freed
+                k = nr_tables[S.NT_LOG_LEN] - 1
+                while k >= mark:
                     e = nr_tables[S.NT_LOG + k]
                     k -= 1
                     ident = e >> 2
+                    is_pmd = (e >> 1) & 1
+                    if top == 64:
+                        nr_tables[S.NT_LOG_OVERFLOW] += 1
+                        continue
                     if (e & 1) == 0:
-                        continue  # a map-back never splits (its ptes are 4K already)
-                    if (e >> 1) & 1:
+                        st_pfn[top] = (ident << 1) | is_pmd
+                        st_order[top] = -1
+                        top += 1
+                        continue
+                    if is_pmd:
                         tp = pud_pfn[ident]
                         pud_pfn[ident] = -1
                     else:
                         tp = row_pfn[ident]
                         row_pfn[ident] = -1
                     if tp < 0:
-                        continue
-                    if top == 64:
-                        nr_tables[S.NT_LOG_OVERFLOW] += 1
                         continue
                     st_pfn[top] = tp
                     st_order[top] = 0

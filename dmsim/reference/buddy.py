@@ -4,6 +4,21 @@ Written from mm/page_alloc.c (6.1.y), not from the numba core: free lists are Py
 lists (index 0 is the list head), page state lives in dicts keyed by pfn. Same
 semantics as the core, including per-CPU lists, list order and counters; see
 dmsim/core/buddy.py for what is deliberately not modelled.
+
+`unmapped=True` adds MIGRATE_UNMAPPED (Rapoport, "[RFC PATCH 1/3] mm/page_alloc:
+introduce __GFP_UNMAPPED and MIGRATE_UNMAPPED", 27 Jan 2022;
+docs/design-policies.md, migrate_unmapped). In the patch it is enum value 3, before
+MIGRATE_PCPTYPES (which becomes 4), so it is a pcp type: it has its own pcp lists,
+counts as mergeable in __free_one_page() and as a free list that
+__zone_watermark_ok() looks at. dmsim keeps its free lists and pageblock type in
+the spare slot 4 (UNMAPPED below); the pcp lists are indexed as the patched
+kernel indexes them (order_to_pindex() with 4 pcp types, UNMAPPED's column 3), so
+free_pcppages_bulk() visits them in the kernel's round-robin order.
+The direct-map side of the policy (set_pageblock_unmapped()'s CPA calls, unmap on
+allocation, map back on free) belongs to the caller, dmsim/reference/placement.py;
+this allocator only offers set_pageblock_unmapped() for the pageblock part.
+`collapse_free_pageblock=True` adds the prototype's disabled FIXME in
+__free_one_page(): pageblocks to restore are queued in `collapse_requests`.
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ PAGEBLOCK_ORDER = 9
 PAGEBLOCK_NR_PAGES = 512
 COSTLY = 3  # PAGE_ALLOC_COSTLY_ORDER
 UNMOVABLE, MOVABLE, RECLAIMABLE, HIGHATOMIC = 0, 1, 2, 3
+UNMAPPED = 4  # MIGRATE_UNMAPPED, in dmsim's spare slot (MIGRATE_SPARE in core/buddy.py)
 PCPTYPES = 3
 NTYPES = 5
 NR_LOW_PCP = PCPTYPES * (COSTLY + 1)  # 12 lists for orders 0-3, then one THP list
@@ -26,6 +42,14 @@ FALLBACKS = {
     UNMOVABLE: [RECLAIMABLE, MOVABLE],
     MOVABLE: [RECLAIMABLE, UNMOVABLE],
     RECLAIMABLE: [UNMOVABLE, MOVABLE],
+}
+# fallbacks[] under CONFIG_ARCH_WANTS_GFP_UNMAPPED (RFC 1/3): every type falls back to
+# UNMAPPED last; UNMAPPED falls back to UNMOVABLE, RECLAIMABLE, MOVABLE
+FALLBACKS_UNMAPPED = {
+    UNMOVABLE: [RECLAIMABLE, MOVABLE, UNMAPPED],
+    MOVABLE: [RECLAIMABLE, UNMOVABLE, UNMAPPED],
+    RECLAIMABLE: [UNMOVABLE, MOVABLE, UNMAPPED],
+    UNMAPPED: [UNMOVABLE, RECLAIMABLE, MOVABLE],
 }
 
 STAT_KEYS = ("nr_free_pages_dma", "nr_free_pages_dma32", "nr_free_pages_normal",
@@ -60,14 +84,26 @@ class RefBuddy:
     """The allocator after memblock_free_all(); alloc()/free() mirror __alloc_pages/__free_pages."""
 
     def __init__(self, memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp=True, pcp_thp=True,
-                 pcp_batch_high=None, nr_cpus=1, nofragment=True, pcp_batch_scale_max=5):
+                 pcp_batch_high=None, nr_cpus=1, nofragment=True, pcp_batch_scale_max=5,
+                 unmapped=False, collapse_free_pageblock=False):
         self.pcp_on = pcp
         self.thp = pcp_thp
         self.nofragment = nofragment
         self.scale_max = pcp_batch_scale_max
-        self.nr_pcp_lists = NR_LOW_PCP + 1 if pcp_thp else NR_LOW_PCP
+        self.unmapped = unmapped
+        self.collapse_free_pageblock = collapse_free_pageblock
+        self.fallbacks = FALLBACKS_UNMAPPED if unmapped else FALLBACKS
+        # MIGRATE_PCPTYPES of the kernel: 4 with MIGRATE_UNMAPPED
+        self.pcptypes = PCPTYPES + 1 if unmapped else PCPTYPES
+        self.nr_low_pcp = self.pcptypes * (COSTLY + 1)
+        self.nr_pcp_lists = self.nr_low_pcp + 1 if pcp_thp else self.nr_low_pcp
+        # pageblocks the FIXME in __free_one_page() gave back (their first pfns), for
+        # the caller to restore in the direct map (set_direct_map_PMD())
+        self.collapse_requests: list[int] = []
         mem = sorted((int(s), int(e)) for s, e in memory_pfn_ranges if e > s)
         self.zones = _zones(mem)
+        for zone in self.zones:
+            zone.pcp = [[] for _ in range(self.nr_low_pcp + 1)]  # pcp->lists[pindex]
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.buddy = {}  # pfn -> order for PageBuddy heads
         self.list_mt = {}  # pfn -> the free list (mt) the buddy page sits on
@@ -153,16 +189,32 @@ class RefBuddy:
                 break
             if order >= PAGEBLOCK_ORDER:
                 bmt = self.pageblock_mt(buddy_pfn)
-                if mt != bmt and (mt >= PCPTYPES or bmt >= PCPTYPES):
+                if mt != bmt and (not self._mergeable(mt) or not self._mergeable(bmt)):
                     break
             self._del(zone, buddy_pfn, order)
             pfn = pfn & buddy_pfn
             order += 1
+        if self.collapse_free_pageblock and order >= PAGEBLOCK_ORDER:
+            # RFC 1/3's "#if 0" FIXME at done_merging, with order >= pageblock_order
+            # (docs/design-policies.md): each UNMAPPED pageblock of the merged block
+            # gets its 2M leaf back (queued for the caller) and becomes MOVABLE; the
+            # block still goes on the list of `mt`, as in the FIXME
+            for pb in range(pfn // PAGEBLOCK_NR_PAGES, (pfn + (1 << order)) // PAGEBLOCK_NR_PAGES):
+                if self.pageblock.get(pb, UNMOVABLE) == UNMAPPED:
+                    self.pageblock[pb] = MOVABLE  # set_pageblock_migratetype()
+                    self.collapse_requests.append(pb * PAGEBLOCK_NR_PAGES)
         if not to_tail and order < MAX_ORDER - 2:
             # buddy_merge_likely(): is the merged block's own buddy free one order up?
             higher = buddy_pfn & pfn
             to_tail = self._is_buddy(higher, higher ^ (1 << (order + 1)), order + 1)
         self._add(zone, pfn, order, mt, to_tail)
+
+    def _mergeable(self, mt):
+        """migratetype_is_mergeable(): mt < MIGRATE_PCPTYPES (UNMAPPED is a pcp type)."""
+        return mt < PCPTYPES or (self.unmapped and mt == UNMAPPED)
+
+    def _is_pcptype(self, mt):
+        return self._mergeable(mt)
 
     def _free_pages_ok(self, pfn, order, to_tail=False):
         """__free_pages_ok()."""
@@ -191,9 +243,11 @@ class RefBuddy:
         """find_suitable_fallback(only_stealable=false)."""
         if not any(zone.free[order][t] for t in range(NTYPES)):
             return None, False
-        for fmt in FALLBACKS.get(mt, []):
+        for fmt in self.fallbacks.get(mt, []):
             if zone.free[order][fmt]:
-                can = order >= PAGEBLOCK_ORDER or order >= PAGEBLOCK_ORDER // 2 or mt in (RECLAIMABLE, UNMOVABLE)
+                # can_steal_fallback(); RFC 1/3 adds is_migrate_unmapped(start_mt)
+                can = (order >= PAGEBLOCK_ORDER or order >= PAGEBLOCK_ORDER // 2
+                       or mt in (RECLAIMABLE, UNMOVABLE) or mt == UNMAPPED)
                 return fmt, can
         return None, False
 
@@ -210,6 +264,11 @@ class RefBuddy:
         if old == HIGHATOMIC:
             self._move_tail(zone, pfn, order, start_type)
             return
+        if start_type == UNMAPPED:
+            # RFC 1/3: "the entire pageblock will be moved, but it is handled later in
+            # get_page_from_freelist()": goto single_page, before taking ownership
+            self._move_tail(zone, pfn, order, start_type)
+            return
         if order >= PAGEBLOCK_ORDER:
             for i in range(1 << (order - PAGEBLOCK_ORDER)):
                 self._set_pb(pb + i, start_type)
@@ -218,24 +277,7 @@ class RefBuddy:
         if not whole_block:
             self._move_tail(zone, pfn, order, start_type)
             return
-        # move_freepages_block()
-        start = pfn - pfn % PAGEBLOCK_NR_PAGES
-        end = start + PAGEBLOCK_NR_PAGES - 1
-        if not zone.spans(start):
-            start = pfn
-        moved = movable = 0
-        if zone.spans(end):
-            p = start
-            while p <= end:
-                if p in self.buddy:
-                    o = self.buddy[p]
-                    self._move_tail(zone, p, o, start_type)
-                    moved += 1 << o
-                    p += 1 << o
-                else:
-                    if p in self.lru:
-                        movable += 1
-                    p += 1
+        moved, movable = self._move_freepages_block(zone, pfn, start_type)
         if start_type == MOVABLE:
             alike = movable
         elif old == MOVABLE:
@@ -247,6 +289,34 @@ class RefBuddy:
             return
         if moved + alike >= PAGEBLOCK_NR_PAGES // 2:
             self._set_pb(pb, start_type)
+
+    def _move_freepages_block(self, zone, pfn, mt):
+        """move_freepages_block() + move_freepages(): (pages moved, movable pages seen)."""
+        start = pfn - pfn % PAGEBLOCK_NR_PAGES
+        end = start + PAGEBLOCK_NR_PAGES - 1
+        if not zone.spans(start):
+            start = pfn  # do not cross zone boundaries
+        moved = movable = 0
+        if zone.spans(end):
+            p = start
+            while p <= end:
+                if p in self.buddy:
+                    o = self.buddy[p]
+                    self._move_tail(zone, p, o, mt)
+                    moved += 1 << o
+                    p += 1 << o
+                else:
+                    if p in self.lru:
+                        movable += 1
+                    p += 1
+        return moved, movable
+
+    def set_pageblock_unmapped(self, pfn):
+        """The pageblock half of set_pageblock_unmapped() (RFC 1/3), after its CPA calls:
+        set_pageblock_migratetype(page, MIGRATE_UNMAPPED) and
+        move_freepages_block(zone, page, MIGRATE_UNMAPPED, NULL)."""
+        self.pageblock[pfn // PAGEBLOCK_NR_PAGES] = UNMAPPED
+        self._move_freepages_block(self.zone_of(pfn), pfn, UNMAPPED)
 
     def _rmqueue_fallback(self, zone, order, mt, nofrag):
         """__rmqueue_fallback()."""
@@ -286,9 +356,16 @@ class RefBuddy:
     def _pcp_ok(self, order):
         return order <= COSTLY or (self.thp and order == PAGEBLOCK_ORDER)
 
-    @staticmethod
-    def _pindex(mt, order):
-        return NR_LOW_PCP if order > COSTLY else PCPTYPES * order + mt
+    def _pindex(self, mt, order):
+        """order_to_pindex(): MIGRATE_PCPTYPES lists per order; UNMAPPED is the kernel's
+        type 3 (column 3), so its lists sit where the patched kernel has them."""
+        if order > COSTLY:
+            return self.nr_low_pcp
+        col = PCPTYPES if mt == UNMAPPED else mt
+        return self.pcptypes * order + col
+
+    def pindex_order(self, pindex):
+        return PAGEBLOCK_ORDER if pindex == self.nr_low_pcp else pindex // self.pcptypes
 
     def _rmqueue_pcplist(self, zone, order, mt, nofrag):
         """rmqueue_pcplist() / __rmqueue_pcplist() / rmqueue_bulk()."""
@@ -323,7 +400,9 @@ class RefBuddy:
         free -= (1 << order) - 1
         if free <= mark:
             return False
-        return any(zone.free[o][t] for o in range(order, MAX_ORDER) for t in range(PCPTYPES))
+        # for (mt = 0; mt < MIGRATE_PCPTYPES; mt++): UNMAPPED included when it exists
+        types = [t for t in range(NTYPES) if self._is_pcptype(t)]
+        return any(zone.free[o][t] for o in range(order, MAX_ORDER) for t in types)
 
     def _get_page_from_freelist(self, preferred, highest, order, mt, low_wmark, nofrag):
         while True:
@@ -364,6 +443,7 @@ class RefBuddy:
             return -1
         self.allocated[pfn] = order
         self.pcp_mt.pop(pfn, None)
+        assert mt in (UNMOVABLE, MOVABLE, RECLAIMABLE) or (self.unmapped and mt == UNMAPPED), mt
         if mt == MOVABLE:
             self.lru.update(range(pfn, pfn + (1 << order)))
         self.stats["nr_alloc"] += 1
@@ -399,7 +479,7 @@ class RefBuddy:
                 if pindex == lo:
                     lo += 1
             lst = zone.pcp[pindex]
-            order = PAGEBLOCK_ORDER if pindex == NR_LOW_PCP else pindex // PCPTYPES
+            order = self.pindex_order(pindex)
             while True:
                 pfn = lst.pop()
                 mt = self.pcp_mt.pop(pfn)
@@ -424,7 +504,9 @@ class RefBuddy:
         # free_unref_page(): page->index = pageblock type; highatomic goes on movable's list
         mt = self.pageblock_mt(pfn)
         self.pcp_mt[pfn] = mt
-        pcp_mt = MOVABLE if mt >= PCPTYPES else mt
+        # migratetype >= MIGRATE_PCPTYPES (highatomic) shares movable's list; UNMAPPED
+        # is a pcp type with lists of its own
+        pcp_mt = mt if self._is_pcptype(mt) else MOVABLE
         self.stats["pgfree"] += 1 << order
         pindex = self._pindex(pcp_mt, order)
         zone.pcp[pindex].insert(0, pfn)

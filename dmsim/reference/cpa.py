@@ -18,6 +18,32 @@ vpfns agree with the kernel's alignment tests on addresses.
 Deliberately not modelled, as in the core: cpa_process_alias() (callers issue
 the alias calls themselves), CPA_ARRAY/CPA_PAGES_ARRAY, populate_pgd()
 (cpa->pgd is only set for EFI), and TLB/cache flushing (no visible state).
+
+Merge policies (docs/design-policies.md), chosen by `merge`:
+- "none": Linux 6.1, nothing merges.
+- "cpa_merge": Aaron Lu, "[RFC PATCH 1/4] x86/mm/cpa: restore global bit when page
+  is present", "[RFC PATCH 2/4] x86/mm/cpa: merge splitted direct mapping when
+  possible" and "[RFC PATCH 3/4] x86/mm/cpa: add merge event counter" (Aug 2022). Tables made by __split_large_page() are remembered in
+  `split_tables` (PageSplitpgt); after every write that changes an entry of such
+  a table (set_pte_adjust_nr_same_prot()) the table is merged into one leaf a
+  level up when all 512 entries are equal and present (and, in a PMD table, 2M
+  leaves). The patch keeps a running count (nr_same_prot) and recounts when it
+  drops to 0; after a changing write that count is 512 exactly when all 512
+  entries are equal, so this model just looks at all 512.
+- "rox_collapse": 6.15, commit 41d88484c71c "x86/mm/pat: restore large ROX pages
+  after fragmentation": change_page_attr_set_clr() with CPA_COLLAPSE (the
+  `collapse` argument) runs cpa_collapse_large_pages() over the call's range in
+  cpa_flush(), which it reaches only when the call changed something
+  (CPA_FLUSHTLB). The same kernel's set_memory_4k() marks its ptes
+  _PAGE_KERNEL_4K, so under this policy a force_split call sets that bit.
+
+Page-table pages: every split appends ("alloc", table) to `pt_log` and every
+merged or collapsed table ("free", table), in the order the kernel allocates and
+frees them (merges free inside the call, collapses after it, last queued first),
+so a placement model (dmsim/reference/placement.py) can take them from and give
+them back to its allocator. A table is named (level of its entries, first vpfn):
+(PG_LEVEL_4K, b) is the PTE table under the 2M entry at b, (PG_LEVEL_2M, B) the
+PMD table under the 1G entry at B.
 """
 
 from __future__ import annotations
@@ -54,7 +80,12 @@ COUNTER_NAMES = (
     "DIRECT_MAP_LEVEL2_SPLIT", "DIRECT_MAP_LEVEL3_SPLIT",
     "SYSTEM_RUNNING", "KERNEL_SET_TO_READONLY",
     "NR_CPA_CALLS", "NR_CPA_FAULTS", "NR_CPA_EFAULT", "NR_PTE_TABLES",
+    "DIRECT_MAP_LEVEL1_MERGE", "DIRECT_MAP_LEVEL2_MERGE",
+    "DIRECT_MAP_LEVEL2_COLLAPSE", "DIRECT_MAP_LEVEL3_COLLAPSE", "NR_PT_FREED",
 )
+MERGE_POLICIES = ("none", "cpa_merge", "rox_collapse")
+_PAGE_PROTNONE = GLOBAL  # _PAGE_PROTNONE shares bit 8 with _PAGE_GLOBAL
+_PAGE_KERNEL_4K = C._PAGE_KERNEL_4K
 
 
 def protval_large_2_4k(val: int) -> int:
@@ -68,11 +99,17 @@ def protval_4k_2_large(val: int) -> int:
     return (val & ~(_PAGE_PAT | _PAGE_PAT_LARGE)) | ((val & _PAGE_PAT) << 5)
 
 
-def pgprot_clear_protnone_bits(val: int) -> int:
+def pgprot_clear_protnone_bits(val: int, restore_global: bool = False) -> int:
     """pgprot_clear_protnone_bits(): a !PRESENT entry drops _PAGE_GLOBAL, which
-    would otherwise read as _PAGE_PROTNONE."""
+    would otherwise read as _PAGE_PROTNONE. restore_global: Aaron Lu, "[RFC PATCH
+    1/4] x86/mm/cpa: restore global bit when page is present" (the cpa merge
+    series): a present entry gets _PAGE_GLOBAL & __default_kernel_pte_mask back
+    (the boot map has _PAGE_GLOBAL: no PTI), so a present -> not present -> present
+    cycle leaves the pte equal to its neighbours again."""
     if not val & PRESENT:
         val &= ~GLOBAL
+    elif restore_global:
+        val |= GLOBAL
     return val
 
 
@@ -109,8 +146,19 @@ class KernelBounds:
 class ReferenceDirectMap:
     """The direct map and the kernel high map as a dict of leaves."""
 
-    def __init__(self, machine: Machine, st: DirectMapState):
+    def __init__(self, machine: Machine, st: DirectMapState, merge: str = "none"):
         """Read the boot state out of st (before anything is replayed on it)."""
+        if merge not in MERGE_POLICIES:
+            raise ValueError(f"merge policy {merge!r}: one of {MERGE_POLICIES}")
+        self.merge = merge
+        self.gbpages = bool(machine.gbpages)  # direct_gbpages (collapse_pud_page())
+        # tables __split_large_page() made (PageSplitpgt): every table there is
+        # now was built by init_mem_mapping() or head_64.S, so none is tracked
+        self.split_tables: set[tuple[int, int]] = set()
+        # page-table pages allocated and freed, in kernel order (see the docstring);
+        # the caller empties it
+        self.pt_log: list[tuple[str, tuple[int, int]]] = []
+        self.flushtlb = False  # cpa->flags & CPA_FLUSHTLB of the current call
         self.leaves_by_key: dict[tuple[int, int], int] = _leaves_from_state(st)
         self.direct_pages_count = {
             C.PG_LEVEL_4K: int(st.counters[C.NR_DIRECT_4K]),
@@ -273,7 +321,7 @@ class ReferenceDirectMap:
             # a !PRESENT pmd must not carry PSE, or pmd_present() says yes
             if not ref_prot & PRESENT:
                 ref_prot &= ~PSE
-        ref_prot = pgprot_clear_protnone_bits(ref_prot)
+        ref_prot = pgprot_clear_protnone_bits(ref_prot, self.merge == "cpa_merge")
         step = LEVEL_PAGES[level - 1]
         ref_pfn = self.pa_pfn(base)
         # children are computed while the large leaf is still installed: that is
@@ -289,6 +337,14 @@ class ReferenceDirectMap:
             self.split_page_count(level)
         del self.leaves_by_key[(level, base)]
         self.leaves_by_key.update(children)
+        # cpa merge patch: __SetPageSplitpgt(base), nr_same_prot = PTRS_PER_PTE
+        table = (level - 1, base)
+        self.split_tables.add(table)
+        self.pt_log.append(("alloc", table))
+        # __set_pmd_pte(kpte, level, ...) installs the table: for a 2M leaf that is
+        # a changing write to the PMD table above (set_pte_adjust_nr_same_prot())
+        if level == C.PG_LEVEL_2M:
+            self.pmd_entry_written(base)
 
     def should_split_large_page(self, cpa: CpaData, level: int, base: int, old_prot: int,
                                 vpfn: int) -> int:
@@ -305,7 +361,7 @@ class ReferenceDirectMap:
         req_prot &= ~cpa.mask_clr
         req_prot |= cpa.mask_set
         req_prot = protval_4k_2_large(req_prot)
-        req_prot = pgprot_clear_protnone_bits(req_prot)
+        req_prot = pgprot_clear_protnone_bits(req_prot, self.merge == "cpa_merge")
         if req_prot & PRESENT:
             req_prot |= PSE
         old_pfn = self.pa_pfn(base)
@@ -326,8 +382,11 @@ class ReferenceDirectMap:
         new_prot = self.static_protections(req_prot, base, old_pfn, psize, psize)
         if new_prot != req_prot:
             return 1
-        # all checks passed: rewrite the large leaf in place
+        # all checks passed: rewrite the large leaf in place (__set_pmd_pte())
         self.leaves_by_key[(level, base)] = new_prot
+        self.flushtlb = True  # cpa->flags |= CPA_FLUSHTLB
+        if level == C.PG_LEVEL_2M:
+            self.pmd_entry_written(base)  # set_pte_adjust_nr_same_prot(kpte, PG_LEVEL_2M)
         return 0
 
     # --- the walk ----------------------------------------------------------------------
@@ -359,9 +418,13 @@ class ReferenceDirectMap:
                 pfn = self.pa_pfn(vpfn)
                 new = (old & ~cpa.mask_clr) | cpa.mask_set
                 new = self.static_protections(new, vpfn, pfn, 1, 0)
-                new = pgprot_clear_protnone_bits(new)
+                new = pgprot_clear_protnone_bits(new, self.merge == "cpa_merge")
                 cpa.pfn = pfn
-                self.leaves_by_key[(level, vpfn)] = new
+                # "Do we really change anything?": only a changing write is made
+                if new != old:
+                    self.leaves_by_key[(level, vpfn)] = new
+                    self.flushtlb = True  # cpa->flags |= CPA_FLUSHTLB
+                    self.pte_written(vpfn)  # set_pte_adjust_nr_same_prot(kpte, PG_LEVEL_4K)
                 cpa.numpages = 1
                 return 0
             do_split = self.should_split_large_page(cpa, level, base, old, vpfn)
@@ -370,11 +433,21 @@ class ReferenceDirectMap:
             self.split_large_page(cpa, level, base, old, vpfn)
 
     def change_page_attr_set_clr(self, vpfn: int, numpages: int, mask_set: int, mask_clr: int,
-                                 primary: bool = True, force_split: bool = False) -> int:
+                                 primary: bool = True, force_split: bool = False,
+                                 collapse: bool = False) -> int:
         """__change_page_attr_set_clr(cpa, primary) on a fresh cpa_data; returns
-        0 or -EFAULT. Aliases are not derived (callers issue them)."""
+        0 or -EFAULT. Aliases are not derived (callers issue them).
+
+        collapse: the call is change_page_attr_set_clr() with CPA_COLLAPSE (6.15
+        set_memory_rox() on this very range; never an alias call): under
+        rox_collapse, cpa_flush() then runs cpa_collapse_large_pages()."""
         mask_set &= U64
         mask_clr &= U64
+        if force_split and self.merge == "rox_collapse":
+            # 6.15 (41d88484c71c): set_memory_4k(), the one caller that sets force_split,
+            # also sets _PAGE_KERNEL_4K, and alias_cpa = *cpa copies it to the aliases
+            mask_set |= _PAGE_KERNEL_4K
+        self.flushtlb = False
         # no changes, easy
         if not (mask_set | mask_clr) and not force_split:
             return 0
@@ -388,12 +461,212 @@ class ReferenceDirectMap:
             ret = self._change_page_attr(cpa, primary)
             if ret:
                 self.events["NR_CPA_EFAULT"] += 1
-                return ret
+                return ret  # change_page_attr_set_clr(): cpa_flush_all(), no collapse
             # BUG_ON(cpa->numpages > rempages || !cpa->numpages)
             assert 0 < cpa.numpages <= rempages, (cpa, rempages)
             rempages -= cpa.numpages
             cpa.curpage += cpa.numpages
+        # change_page_attr_set_clr(): "Check whether we really changed something":
+        # without CPA_FLUSHTLB it returns before cpa_flush(), so before the collapse
+        if collapse and self.merge == "rox_collapse" and self.flushtlb:
+            self.cpa_collapse_large_pages(vpfn, numpages)
         return 0
+
+    # --- cpa_merge: Aaron Lu's RFC (Aug 2022) ---------------------------------------------
+    def pte_written(self, vpfn: int) -> None:
+        """set_pte_adjust_nr_same_prot(kpte, PG_LEVEL_4K, pte) after a pte changed:
+        its table merges when it is a split table whose 512 entries now agree."""
+        table = (C.PG_LEVEL_4K, vpfn - vpfn % C.PMD_PAGES)
+        if self.merge != "cpa_merge" or table not in self.split_tables:
+            return  # !PageSplitpgt(pgt): set_pte() only
+        if self._pte_table_mergeable(table[1]):
+            self.merge_splitted_mapping(table)
+
+    def pmd_entry_written(self, base: int) -> None:
+        """set_pte_adjust_nr_same_prot(kpte, PG_LEVEL_2M, pte) after the pmd entry
+        at base changed (a 2M leaf rewritten, a table installed, a merge from below)."""
+        table = (C.PG_LEVEL_2M, base - base % C.PUD_PAGES)
+        if self.merge != "cpa_merge" or table not in self.split_tables:
+            return
+        if self._pmd_table_mergeable(table[1]):
+            self.merge_splitted_mapping(table)
+
+    def _pte_table_mergeable(self, base: int) -> bool:
+        """nr_same_prot == PTRS_PER_PTE and same_prot & _PAGE_PRESENT, for a PTE table."""
+        first = self.leaves_by_key.get((C.PG_LEVEL_4K, base))
+        if first is None or not first & PRESENT:
+            return False
+        return all(self.leaves_by_key.get((C.PG_LEVEL_4K, base + i)) == first
+                   for i in range(1, C.PTRS_PER_PTE))
+
+    def _pmd_table_mergeable(self, base: int) -> bool:
+        """... for a PMD table: the same, and same_prot & _PAGE_PSE (every entry a
+        2M leaf: an entry pointing to a PTE table has _KERNPG_TABLE, without PSE)."""
+        first = self.leaves_by_key.get((C.PG_LEVEL_2M, base))
+        if first is None or not first & PRESENT or not first & PSE:
+            return False
+        return all(self.leaves_by_key.get((C.PG_LEVEL_2M, base + i * C.PMD_PAGES)) == first
+                   for i in range(1, C.PTRS_PER_PTE))
+
+    def merge_splitted_mapping(self, table: tuple[int, int]) -> None:
+        """merge_splitted_mapping(pgt, level): one leaf a level up replaces the table;
+        the table page is freed (__free_page()) and merge_page_count(level) counts."""
+        level, base = table
+        if level == C.PG_LEVEL_4K:
+            first = self.leaves_by_key[(C.PG_LEVEL_4K, base)]
+            for i in range(C.PTRS_PER_PTE):
+                del self.leaves_by_key[(C.PG_LEVEL_4K, base + i)]
+            # pgprot_4k_2_large(pte_prot) | _PAGE_PSE, written with __set_pmd_pte(upper_kpte,
+            # level + 1): a write to the PMD table above, which may merge in turn (first)
+            self.leaves_by_key[(C.PG_LEVEL_2M, base)] = protval_4k_2_large(first) | PSE
+            self.split_tables.discard(table)  # __ClearPageSplitpgt(pgt)
+            self.pmd_entry_written(base)
+        else:
+            first = self.leaves_by_key[(C.PG_LEVEL_2M, base)]
+            for i in range(C.PTRS_PER_PTE):
+                del self.leaves_by_key[(C.PG_LEVEL_2M, base + i * C.PMD_PAGES)]
+            # set_pud(upper_kpte, pfn_pud(pfn, pmd_pgprot(first))): not tracked above
+            self.leaves_by_key[(C.PG_LEVEL_1G, base)] = first
+            self.split_tables.discard(table)
+        self.pt_log.append(("free", table))  # __free_page(pgt)
+        self.events["NR_PT_FREED"] += 1
+        self.merge_page_count(level)
+
+    def merge_page_count(self, level: int) -> None:
+        """merge_page_count() (patch 3/4): 512 entries of `level` become one a level up,
+        unconditionally (no virt_addr_valid() test); refused with a WARN when fewer
+        than 512 are counted at that level."""
+        if self.direct_pages_count[level] < C.PTRS_PER_PTE:
+            return  # WARN_ON_ONCE(1)
+        self.direct_pages_count[level] -= C.PTRS_PER_PTE
+        if self.system_running_state:
+            if level == C.PG_LEVEL_4K:
+                self.events["DIRECT_MAP_LEVEL1_MERGE"] += 1
+            elif level == C.PG_LEVEL_2M:
+                self.events["DIRECT_MAP_LEVEL2_MERGE"] += 1
+        self.direct_pages_count[level + 1] += 1
+
+    # --- rox_collapse: 6.15 collapse_large_pages() ------------------------------------------
+    def cpa_collapse_large_pages(self, vpfn: int, numpages: int) -> None:
+        """cpa_collapse_large_pages(): collapse_large_pages() on every 2M step from
+        the 2M-aligned start while within [start, addr + numpages); then the queued
+        tables are freed, the last queued first (list_add() + list_for_each_entry)."""
+        start = vpfn - vpfn % C.PMD_PAGES
+        end = vpfn + numpages
+        pgtables: list[tuple[int, int]] = []
+        for addr in range(start, end, C.PMD_PAGES):
+            self.collapse_large_pages(addr, pgtables)
+        for table in pgtables:  # list_add() put the newest at the head
+            self.pt_log.append(("free", table))
+            self.events["NR_PT_FREED"] += 1
+
+    def collapse_large_pages(self, addr: int, pgtables: list) -> int:
+        """collapse_large_pages(): a pmd pointing to a PTE table under a pud pointing
+        to a PMD table; collapse it, then (when that worked) the PMD table."""
+        addr -= addr % C.PMD_PAGES
+        slot = addr - addr % C.PUD_PAGES
+        if (C.PG_LEVEL_1G, slot) in self.leaves_by_key:
+            return 0  # pud_leaf(*pud)
+        if (C.PG_LEVEL_2M, addr) in self.leaves_by_key:
+            return 0  # pmd_leaf(*pmd) (a !present 2M leaf is !pmd_present(): out too)
+        if not any((C.PG_LEVEL_4K, addr + i) in self.leaves_by_key for i in range(C.PTRS_PER_PTE)):
+            return 0  # pud or pmd none: nothing maps this 2M
+        collapsed = self.collapse_pmd_page(addr, pgtables)
+        if collapsed:
+            collapsed += self.collapse_pud_page(slot, pgtables)
+        return collapsed
+
+    def collapse_pmd_page(self, addr: int, pgtables: list) -> int:
+        """collapse_pmd_page(): the first pte 2M-aligned and not _PAGE_KERNEL_4K, the
+        other 511 present with the first's flags (pfns are contiguous here by
+        construction: every pte maps its own pfn)."""
+        first = self.leaves_by_key.get((C.PG_LEVEL_4K, addr), 0)  # pte_none(): flags 0
+        pfn = self.pa_pfn(addr)
+        if pfn % C.PMD_PAGES:
+            return 0  # PFN_PHYS(pfn) & ~PMD_MASK
+        if first & _PAGE_KERNEL_4K:
+            return 0  # the page is 4k intentionally
+        for i in range(1, C.PTRS_PER_PTE):
+            entry = self.leaves_by_key.get((C.PG_LEVEL_4K, addr + i), 0)
+            if not entry & (PRESENT | _PAGE_PROTNONE):
+                return 0  # !pte_present(entry)
+            if entry != first:
+                return 0  # pte_flags(entry) != pte_flags(first)
+        for i in range(C.PTRS_PER_PTE):
+            self.leaves_by_key.pop((C.PG_LEVEL_4K, addr + i), None)
+        # pgprot_4k_2_large(pte_pgprot(first)) | _PAGE_PSE, set_pmd()
+        self.leaves_by_key[(C.PG_LEVEL_2M, addr)] = protval_4k_2_large(first) | PSE
+        table = (C.PG_LEVEL_4K, addr)
+        self.split_tables.discard(table)
+        pgtables.insert(0, table)  # list_add(): freed after the TLB flush
+        if self.pfn_range_is_mapped(pfn, pfn + 1):  # virt_addr_valid(addr) && ...
+            self.collapse_page_count(C.PG_LEVEL_2M)
+        return 1
+
+    def collapse_pud_page(self, slot: int, pgtables: list) -> int:
+        """collapse_pud_page(): only with direct_gbpages; the first pmd a leaf on a
+        1G-aligned pfn, the other 511 present leaves with the first's flags."""
+        if not self.gbpages:
+            return 0
+        first = self.leaves_by_key.get((C.PG_LEVEL_2M, slot), 0)
+        pfn = self.pa_pfn(slot)
+        if not first & PSE or pfn % C.PUD_PAGES:
+            return 0  # !pmd_leaf(first) || PFN_PHYS(pfn) & ~PUD_MASK
+        for i in range(1, C.PTRS_PER_PTE):
+            entry = self.leaves_by_key.get((C.PG_LEVEL_2M, slot + i * C.PMD_PAGES), 0)
+            # pmd_present(): PRESENT | PROTNONE | PSE; pmd_leaf(): PSE; a pmd that points
+            # to a PTE table is no leaf (it has no key here)
+            if not entry & (PRESENT | _PAGE_PROTNONE | PSE) or not entry & PSE:
+                return 0
+            if entry != first:
+                return 0
+        table = (C.PG_LEVEL_2M, slot)
+        pgtables.insert(0, table)
+        for i in range(C.PTRS_PER_PTE):
+            del self.leaves_by_key[(C.PG_LEVEL_2M, slot + i * C.PMD_PAGES)]
+        self.leaves_by_key[(C.PG_LEVEL_1G, slot)] = first  # pfn_pud(pfn, pmd_pgprot(first))
+        self.split_tables.discard(table)
+        if self.pfn_range_is_mapped(pfn, pfn + 1):
+            self.collapse_page_count(C.PG_LEVEL_1G)
+        return 1
+
+    def collapse_page_count(self, level: int) -> None:
+        """collapse_page_count(): one leaf of `level` replaces 512 of the level below."""
+        self.direct_pages_count[level] += 1
+        if self.system_running_state:
+            if level == C.PG_LEVEL_2M:
+                self.events["DIRECT_MAP_LEVEL2_COLLAPSE"] += 1
+            elif level == C.PG_LEVEL_1G:
+                self.events["DIRECT_MAP_LEVEL3_COLLAPSE"] += 1
+        self.direct_pages_count[level - 1] -= C.PTRS_PER_PTE
+
+    # --- migrate_unmapped with collapse_free_pageblock ------------------------------------
+    def restore_pmd(self, pfn: int) -> None:
+        """set_direct_map_PMD(page) of the prototype's disabled FIXME in __free_one_page()
+        (RFC 1/3, Jan 2022; docs/design-policies.md): the pageblock at pfn is wholly
+        free, so its direct map becomes one 2M leaf again, whatever its ptes say, when
+        a PTE table maps it: the leaf init_mem_mapping() installs (PAGE_KERNEL | PSE),
+        the table page freed, collapse_page_count(PG_LEVEL_2M) counted. A 2M or 1G
+        leaf is left alone. (The function does not exist; this reads its name: set the
+        PMD mapping of the page, unconditionally.)"""
+        base = pfn - pfn % C.PMD_PAGES
+        if (C.PG_LEVEL_2M, base) in self.leaves_by_key:
+            return
+        if (C.PG_LEVEL_1G, base - base % C.PUD_PAGES) in self.leaves_by_key:
+            return
+        if not any((C.PG_LEVEL_4K, base + i) in self.leaves_by_key for i in range(C.PTRS_PER_PTE)):
+            return  # no PTE table here (nothing maps this 2M), nothing to restore
+        for i in range(C.PTRS_PER_PTE):
+            self.leaves_by_key.pop((C.PG_LEVEL_4K, base + i), None)
+        self.leaves_by_key[(C.PG_LEVEL_2M, base)] = C.PAGE_KERNEL | PSE
+        table = (C.PG_LEVEL_4K, base)
+        self.split_tables.discard(table)
+        self.pt_log.append(("free", table))
+        self.events["NR_PT_FREED"] += 1
+        if self.pfn_range_is_mapped(base, base + 1):
+            self.collapse_page_count(C.PG_LEVEL_2M)
+        # the new leaf is a write to the PMD table above (cpa_merge would look at it)
+        self.pmd_entry_written(base)
 
     # --- observable outputs ------------------------------------------------------
     def leaves(self) -> list[tuple[int, int, int]]:
