@@ -213,6 +213,19 @@ def collapse_page_count(counters, level):
     counters[level - 2] -= 512
 
 
+@njit(cache=True, inline="always")
+def pmd_table_to_leaf(gb, prot, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                      params):
+    """A PMD table replaced by one 1G leaf (a merge or a collapse); its page is freed."""
+    pud_state[gb] = S.ENTRY_LEAF
+    pud_prot[gb] = prot
+    for i in range(512):
+        pmd_state[(gb << 9) + i] = S.ENTRY_NONE
+        pmd_prot[(gb << 9) + i] = ZERO
+    pt_log(nr_tables, params, gb, 1, 1)
+    counters[C.NR_PT_FREED] += 1
+
+
 @njit(cache=True)
 def merge_pmd_table(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters, params):
     """set_pte_adjust_nr_same_prot() on a split PMD table, then
@@ -227,13 +240,8 @@ def merge_pmd_table(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, cou
     for i in range(1, 512):
         if pmd_state[base + i] != S.ENTRY_LEAF or pmd_prot[base + i] != first:
             return
-    pud_state[gb] = S.ENTRY_LEAF
-    pud_prot[gb] = first
-    for i in range(512):
-        pmd_state[base + i] = S.ENTRY_NONE
-        pmd_prot[base + i] = ZERO
-    pt_log(nr_tables, params, gb, 1, 1)
-    counters[C.NR_PT_FREED] += 1
+    pmd_table_to_leaf(gb, first, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                      params)
     merge_page_count(counters, LEVEL_2M)
 
 
@@ -334,13 +342,8 @@ def collapse_pud_page(gb, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, c
         if pmd_state[base + i] != S.ENTRY_LEAF or (pmd_prot[base + i] & PRESENT) == ZERO \
                 or pmd_prot[base + i] != first:
             return 0
-    pud_state[gb] = S.ENTRY_LEAF
-    pud_prot[gb] = first
-    for i in range(512):
-        pmd_state[base + i] = S.ENTRY_NONE
-        pmd_prot[base + i] = ZERO
-    pt_log(nr_tables, params, gb, 1, 1)
-    counters[C.NR_PT_FREED] += 1
+    pmd_table_to_leaf(gb, first, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
+                      params)
     if pfn_range_is_mapped(pfn_mapped, pfn):
         collapse_page_count(counters, LEVEL_1G)
     return 1

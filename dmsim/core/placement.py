@@ -164,6 +164,18 @@ def cache_rmqueue_smallest(uc, order):
 
 # -- the allocator side of page-table pages and of the policies ----------------------
 
+@njit(cache=True, inline="always")
+def take_table_pfn(row_pfn, pud_pfn, ident, is_pmd):
+    """The page behind a page table being freed (-1: memblock's, from boot)."""
+    if is_pmd:
+        pfn = pud_pfn[ident]
+        pud_pfn[ident] = -1
+    else:
+        pfn = row_pfn[ident]
+        row_pfn[ident] = -1
+    return pfn
+
+
 @njit(cache=True)
 def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     """__free_pages(): free_pages_prepare() with the policy's hook, then the free.
@@ -218,12 +230,7 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
                         st_order[top] = -1
                         top += 1
                         continue
-                    if is_pmd:
-                        tp = pud_pfn[ident]
-                        pud_pfn[ident] = -1
-                    else:
-                        tp = row_pfn[ident]
-                        row_pfn[ident] = -1
+                    tp = take_table_pfn(row_pfn, pud_pfn, ident, is_pmd)
                     if tp < 0:
                         continue
                     st_pfn[top] = tp
@@ -270,12 +277,7 @@ def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
                 else:
                     row_pfn[ident] = pfn
             else:  # merge_splitted_mapping() / cpa_collapse_large_pages(): __free_page()
-                if is_pmd:
-                    pfn = pud_pfn[ident]
-                    pud_pfn[ident] = -1
-                else:
-                    pfn = row_pfn[ident]
-                    row_pfn[ident] = -1
+                pfn = take_table_pfn(row_pfn, pud_pfn, ident, is_pmd)
                 if pfn >= 0:  # -1: a table init_mem_mapping() built from memblock
                     free_hook(pfn, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
         elif k < stats[S_PB_LOG_LEN]:
