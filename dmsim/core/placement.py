@@ -184,6 +184,14 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     the page being freed goes on (an explicit stack, numba has no recursion here)."""
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
+    if not (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
+            pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED):
+        if pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][pfn >> PAGEBLOCK_ORDER] != 0:
+            cache_free_one(uc, pfn, order, False)  # unmapped_pages_free()
+        else:
+            _free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                        zone_info, stats, cfg, pfn, order)
+        return
     nr_tables = dm[6]
     counters = dm[7]
     # tasks: a page to free (prepared first, then given back), or a page table to allocate
@@ -244,8 +252,8 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
             # get_pageblock_unmapped(page): unmapped_pages_free(); the buddy never sees it again
             cache_free_one(uc, p, o, False)
             continue
-        free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
-                   stats, cfg, p, o)
+        _free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
+                    stats, cfg, p, o)
 
 
 @njit(cache=True)
@@ -292,11 +300,18 @@ def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
     stats[S_PB_LOG_LEN] = 0
 
 
+@njit(cache=True, inline="always")
+def unsettled(dm, buddy):
+    """Page-table work or restored pageblocks waiting for settle()."""
+    return dm[6][S.NT_LOG_LEN] != 0 or buddy[9][S_PB_LOG_LEN] != 0
+
+
 @njit(cache=True)
 def _cpa(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm, buddy, row_pfn, pud_pfn, pol, uc):
     """One __change_page_attr_set_clr() call, then its page-table pages."""
     cpa1(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm)
-    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+    if unsettled(dm, buddy):
+        settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
 
 
 @njit(cache=True)
@@ -394,8 +409,14 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
         elif k == EV_H_ALLOC:
             order = arg1[i]
             f = flags[i]
-            pfn = alloc_hook((f >> 8) & 0xF, order, f & 0xFF, (f >> UNMAPPED_SHIFT) & 0xF, dm,
-                             buddy, row_pfn, pud_pfn, pol, uc)
+            group = (f >> UNMAPPED_SHIFT) & 0xF
+            if (pol[POL_UNMAPPED_MASK] >> group) & 1:
+                pfn = alloc_hook((f >> 8) & 0xF, order, f & 0xFF, group, dm, buddy, row_pfn,
+                                 pud_pfn, pol, uc)
+            else:  # no policy hook: the plain __alloc_pages(), inlined (the hot path)
+                pfn = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
+                                  pcp_ends, zone_info, stats, fallbacks, cfg, (f >> 8) & 0xF,
+                                  order, f & 0xFF)
             if pfn >= 0:
                 h_kind[h] = H_PAGES
                 h_base[h] = pfn
@@ -414,17 +435,29 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
                 continue
-            free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
-            settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+            if pol[POL_ALLOC] == ALLOC_BASELINE:  # no free_pages_prepare() hook: inline
+                free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                           zone_info, stats, cfg, h_base[h], h_len[h])
+            else:
+                free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
+            if unsettled(dm, buddy):
+                settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_VMALLOC:
             n = arg1[i]
             group = (flags[i] >> UNMAPPED_SHIFT) & 0xF
             base = pool_used[0]
             pool_used[0] += n
+            hooked = ((pol[POL_UNMAPPED_MASK] >> group) & 1) != 0
             for j in range(n):  # __vmalloc_area_node(): order-0 pages, GFP_KERNEL
-                pool[base + j] = alloc_hook(ZONE_NORMAL, 0, MIGRATE_UNMOVABLE, group, dm, buddy,
-                                            row_pfn, pud_pfn, pol, uc)
+                if hooked:
+                    pool[base + j] = alloc_hook(ZONE_NORMAL, 0, MIGRATE_UNMOVABLE, group, dm,
+                                                buddy, row_pfn, pud_pfn, pol, uc)
+                else:
+                    pool[base + j] = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends,
+                                                 free_count, pcp_ends, zone_info, stats,
+                                                 fallbacks, cfg, ZONE_NORMAL, 0,
+                                                 MIGRATE_UNMOVABLE)
             h_kind[h] = H_VMALLOC
             h_base[h] = base
             h_len[h] = n
@@ -445,8 +478,13 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                              pol, uc)
             for j in range(n):
                 if pool[base + j] >= 0:
-                    free_hook(pool[base + j], 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
-                    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+                    if pol[POL_ALLOC] == ALLOC_BASELINE:
+                        free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
+                                   pcp_ends, zone_info, stats, cfg, pool[base + j], 0)
+                    else:
+                        free_hook(pool[base + j], 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+                    if unsettled(dm, buddy):
+                        settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_CPA:
             first = arg1[i] >> 32
