@@ -36,6 +36,7 @@ import re
 
 from .core.constants import KERNEL_IMAGE_SIZE, START_KERNEL_MAP
 from .machine import E820_TYPES, KernelImage, Machine, MachineError
+from .yamlfile import load_yaml
 
 E820_TYPE_NAMES = {}
 for _name, _value in E820_TYPES.items():
@@ -217,18 +218,7 @@ def machine_from_dict(data, where: str) -> Machine:
 
 def load_machine(path: str) -> Machine:
     """Read a machine YAML file; MachineError names the file and the bad key."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise MachineError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise MachineError(f"{path}{line}: not valid YAML: {problem}") from None
+    data = load_yaml(path, path, MachineError)
     return machine_from_dict(data, path)
 
 

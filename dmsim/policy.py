@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .trace.events import UNMAPPED_GROUPS
+from .yamlfile import load_yaml
 
 ALLOC_POLICIES = ("baseline", "migrate_unmapped", "unmapped_alloc")
 MERGE_POLICIES = ("none", "cpa_merge", "rox_collapse")
@@ -180,24 +181,13 @@ def _check_params(alloc: str, params: dict, where: str) -> None:
 
 def read_policy_file(path: Path | str, name: str | None = None) -> PolicyFile:
     """Read one policy YAML file."""
-    import yaml
-
     where = _shown(path)
     if name is None:
         name = Path(path).name
         for ext in (".yaml", ".yml"):
             if name.endswith(ext):
                 name = name[:-len(ext)]
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise PolicyError(f"{where}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise PolicyError(f"{where}{line}: not valid YAML: {problem}") from None
+    data = load_yaml(path, where, PolicyError)
     return parse_policy_file(data, where, name)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from ..yamlfile import load_yaml
+
 SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs", "scenarios")
 
@@ -34,18 +36,7 @@ def resolve(name: str) -> str:
 
 
 def _read(path: str):
-    import yaml
-
-    try:
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{path}{line}: not valid YAML: "
-                            f"{getattr(e, 'problem', None) or e}") from None
+    return load_yaml(path, path, ScenarioError)
 
 
 def _merge(base: dict, top: dict, origin: dict, path: tuple, src: str) -> dict:
