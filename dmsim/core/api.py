@@ -51,6 +51,7 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
         NR_POL,
         POL_ALLOC,
         POL_UNMAPPED_MASK,
+        event_need,
         place_events,
     )
 
@@ -89,7 +90,7 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
                          buddy.arrays(), h_kind, h_base, h_len, pool, pool_used, snapshots,
                          pol, row_pfn, pud_pfn, uc)
         if i < stop:  # the pte pool or the page-table log is too small for event i
-            need = event_need(int(kind[i]), int(arg0[i]), int(arg1[i]), h_kind, h_len)
+            need = int(event_need(kind[i], arg0[i], arg1[i], h_kind, h_len))
             st.ensure_tables(need + st.pte.shape[0])
             st.ensure_log(4 * need + 64)
             if row_pfn.shape[0] < st.pte.shape[0]:
@@ -100,26 +101,6 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
             progress(i, total)
     st.params[P_PT_LOG] = 0
     return snapshots[:nr_snapshots]
-
-
-def event_need(k: int, h: int, a1: int, h_kind, h_len) -> int:
-    """placement.place_events()'s worst case of new page tables for one event."""
-    from . import placement as P
-
-    def pages(h: int) -> int:
-        if h_kind[h] == P.H_PAGES:
-            return 1 << int(h_len[h])
-        return int(h_len[h]) if h_kind[h] == P.H_VMALLOC else 0
-
-    if k == P.EV_CPA:
-        return (a1 >> 9) + 3
-    if k in (P.EV_H_CPA, P.EV_H_VFREE, P.EV_H_FREE):
-        return 2 * pages(h) + 3
-    if k == P.EV_H_ALLOC:
-        return 2 * (1 << a1) + 3
-    if k == P.EV_H_VMALLOC:
-        return 2 * a1 + 3
-    return 0
 
 
 def set_policy(st: DirectMapState, policy) -> None:

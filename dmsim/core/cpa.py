@@ -188,6 +188,15 @@ def pt_log(nr_tables, params, ident, is_pmd_table, is_free):
 
 
 @njit(cache=True, inline="always")
+def free_pte_table(row, nr_tables, pte, counters, params):
+    """A merge or collapse gives back a pte table: its row for reuse, its page
+    (__free_page(), logged for the allocator)."""
+    free_row(nr_tables, pte, row)
+    pt_log(nr_tables, params, row, 0, 1)
+    counters[C.NR_PT_FREED] += 1
+
+
+@njit(cache=True, inline="always")
 def merge_page_count(counters, level):
     """merge_page_count() (cpa merge patch): 512 leaves become one a level up."""
     if counters[level - 1] < 512:
@@ -268,9 +277,7 @@ def merge_pte_table(pi, pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte
     # freed inside), then this table's page goes
     merge_pmd_table(pi >> 9, pud_state, pud_prot, pmd_state, pmd_prot, nr_tables, counters,
                     params)
-    free_row(nr_tables, pte, row)
-    pt_log(nr_tables, params, row, 0, 1)
-    counters[C.NR_PT_FREED] += 1
+    free_pte_table(row, nr_tables, pte, counters, params)
     merge_page_count(counters, LEVEL_4K)
 
 
@@ -297,9 +304,7 @@ def collapse_pmd_page(pi, pud_state, pmd_state, pmd_prot, pmd_table, pte, nr_tab
     pmd_state[pi] = S.ENTRY_LEAF
     pmd_prot[pi] = protval_4k_2_large(first) | PSE
     pmd_table[pi] = -1
-    free_row(nr_tables, pte, row)
-    pt_log(nr_tables, params, row, 0, 1)
-    counters[C.NR_PT_FREED] += 1
+    free_pte_table(row, nr_tables, pte, counters, params)
     if pfn_range_is_mapped(pfn_mapped, pfn):  # virt_addr_valid() && pfn_range_is_mapped()
         collapse_page_count(counters, LEVEL_2M)
     return 1
@@ -318,9 +323,7 @@ def set_direct_map_pmd(pi, pmd_state, pmd_prot, pmd_table, pte, nr_tables, count
     pmd_state[pi] = S.ENTRY_LEAF
     pmd_prot[pi] = PAGE_KERNEL_LARGE
     pmd_table[pi] = -1
-    free_row(nr_tables, pte, row)
-    pt_log(nr_tables, params, row, 0, 1)
-    counters[C.NR_PT_FREED] += 1
+    free_pte_table(row, nr_tables, pte, counters, params)
     if pfn_range_is_mapped(pfn_mapped, vpfn_to_pfn(params, pi << 9)):
         collapse_page_count(counters, LEVEL_2M)
     return 1

@@ -176,6 +176,20 @@ def take_table_pfn(row_pfn, pud_pfn, ident, is_pmd):
     return pfn
 
 
+@njit(cache=True, inline="always")
+def give_back(pfn, order, buddy, pol, uc):
+    """The free proper, after free_pages_prepare(): to unmapped_alloc's cache for a
+    PB_unmapped pageblock (unmapped_pages_free(), the buddy never sees it again),
+    else to the allocator."""
+    if pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][pfn >> PAGEBLOCK_ORDER] != 0:
+        cache_free_one(uc, pfn, order, False)
+    else:
+        (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
+         fallbacks, cfg) = buddy
+        _free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
+                    zone_info, stats, cfg, pfn, order)
+
+
 @njit(cache=True)
 def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     """__free_pages(): free_pages_prepare() with the policy's hook, then the free.
@@ -186,11 +200,7 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
      fallbacks, cfg) = buddy
     if not (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
             pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED):
-        if pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][pfn >> PAGEBLOCK_ORDER] != 0:
-            cache_free_one(uc, pfn, order, False)  # unmapped_pages_free()
-        else:
-            _free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
-                        zone_info, stats, cfg, pfn, order)
+        give_back(pfn, order, buddy, pol, uc)  # nothing to prepare: no stack needed
         return
     nr_tables = dm[6]
     counters = dm[7]
@@ -248,12 +258,7 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
                 nr_tables[S.NT_LOG_LEN] = mark
                 continue
         top -= 1
-        if pol[POL_ALLOC] == ALLOC_UNMAPPED_CACHE and uc[4][p >> PAGEBLOCK_ORDER] != 0:
-            # get_pageblock_unmapped(page): unmapped_pages_free(); the buddy never sees it again
-            cache_free_one(uc, p, o, False)
-            continue
-        _free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
-                    stats, cfg, p, o)
+        give_back(p, o, buddy, pol, uc)
 
 
 @njit(cache=True)
@@ -375,6 +380,22 @@ def h_pages(h_kind, h_len, h):
     return 0
 
 
+@njit(cache=True, inline="always")
+def event_need(k, h, a1, h_kind, h_len):
+    """Worst case of new pte tables for one event: every 2M leaf covered splits,
+    plus both ends; two per page for calls made page by page (vmalloc aliases,
+    the policies' unmap and map-back). The caller sizes the pool and the log by it."""
+    if k == EV_CPA:
+        return (a1 >> 9) + 3
+    if k == EV_H_CPA or k == EV_H_VFREE or k == EV_H_FREE:
+        return 2 * h_pages(h_kind, h_len, h) + 3
+    if k == EV_H_ALLOC:
+        return 2 * (1 << a1) + 3
+    if k == EV_H_VMALLOC:
+        return 2 * a1 + 3
+    return 0
+
+
 @njit(cache=True)
 def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                  h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn, uc):
@@ -389,17 +410,7 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
     for i in range(start, stop):
         k = kind[i]
         h = arg0[i]
-        # worst case of new pte tables: every 2M leaf covered splits, plus both ends;
-        # one per page for calls made page by page (vmalloc aliases, policies' hooks)
-        need = 0
-        if k == EV_CPA:
-            need = (arg1[i] >> 9) + 3
-        elif k == EV_H_CPA or k == EV_H_VFREE or k == EV_H_FREE:
-            need = 2 * h_pages(h_kind, h_len, h) + 3
-        elif k == EV_H_ALLOC:
-            need = 2 * (1 << arg1[i]) + 3
-        elif k == EV_H_VMALLOC:
-            need = 2 * arg1[i] + 3
+        need = event_need(k, h, arg1[i], h_kind, h_len)
         if nr_tables[S.NT_USED] + need > pte.shape[0] or \
                 S.NT_LOG + 2 * need + 16 > nr_tables.shape[0]:
             return i

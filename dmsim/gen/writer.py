@@ -20,18 +20,10 @@ CHUNK = 1 << 20  # rows formatted per call
 
 def header(machine: Machine, comments: list[str]) -> str:
     """`dmsim-trace 1`, comment lines, the machine inline (docs/trace-format.md)."""
-    from ..trace.native import E820_NAMES, KERNEL_KEYS, MAGIC, VERSION
+    from ..trace.native import MAGIC, VERSION, machine_lines
 
     out = [f"{MAGIC} {VERSION}\n"] + [f"# {c}\n" for c in comments]
-    for s, e, t in machine.e820:
-        out.append(f"e820 {s:#x} {e:#x} {E820_NAMES.get(t, str(t))}\n")
-    out.append(f"gbpages {'on' if machine.gbpages else 'off'}\n")
-    k = machine.kernel
-    if k is not None:
-        out.append(" ".join(["kernel"] + [f"{f}={getattr(k, f):#x}" for f in KERNEL_KEYS]) + "\n")
-    for s, e in machine.reserved:
-        out.append(f"reserve {s:#x} {e:#x}\n")
-    return "".join(out)
+    return "".join(out + machine_lines(machine))
 
 
 class Templates:

@@ -645,6 +645,17 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
 # ---------------------------------------------------------------------------- writing
 
 
+def machine_lines(m: Machine) -> list[str]:
+    """The header lines that describe the machine (e820, gbpages, kernel, reserve)."""
+    out = [f"e820 {s:#x} {e:#x} {E820_NAMES.get(t, str(t))}\n" for s, e, t in m.e820]
+    out.append(f"gbpages {'on' if m.gbpages else 'off'}\n")
+    k = m.kernel
+    if k is not None:
+        out.append(" ".join(["kernel"] + [f"{f}={getattr(k, f):#x}" for f in KERNEL_KEYS]) + "\n")
+    out += [f"reserve {s:#x} {e:#x}\n" for s, e in m.reserved]
+    return out
+
+
 def write_native(trace: Trace, out: TextIO) -> None:
     """Write `trace` so that parse_native() gives back the same events, checkpoints, machine.
 
@@ -660,14 +671,7 @@ def write_native(trace: Trace, out: TextIO) -> None:
         buf.append(f"# source sha256 {meta['sha256']}\n")
     if m.name:
         buf.append(f"# machine {m.name}\n")
-    for s, e, t in m.e820:
-        buf.append(f"e820 {s:#x} {e:#x} {E820_NAMES.get(t, str(t))}\n")
-    buf.append(f"gbpages {'on' if m.gbpages else 'off'}\n")
-    k = m.kernel
-    if k is not None:
-        buf.append(" ".join(["kernel"] + [f"{f}={getattr(k, f):#x}" for f in KERNEL_KEYS]) + "\n")
-    for s, e in m.reserved:
-        buf.append(f"reserve {s:#x} {e:#x}\n")
+    buf += machine_lines(m)
     if meta.get("overflow") and meta.get("entries"):
         kept, written = meta["entries"]
         buf.append(f"overflow {kept} {written}\n")
