@@ -59,3 +59,18 @@ def counts(st) -> tuple[int, int, int, int, int]:
 
 
 __all__ = ["np", "GiB", "MiB", "RW", "NX", "P", "qemu_machine", "cpa_events", "run_calls", "counts"]
+
+
+# A 2 GiB guest with one set_memory_ro() and the kernel's checkpoints after it: the
+# CLI tests' input (one 2M split, 6004 kB of 4K mappings).
+SMALL_TRACE = """dmsim-trace 1
+e820 0x1000 0x9fc00 usable
+e820 0x100000 0x7ffdd000 usable
+gbpages on
+system_running
+cpa direct 0x2000 1 set=0x0 clr=0x2 primary
+step one
+check direct_map_level2_splits 1
+check DirectMap4k 6004
+check DirectMap2M 2091008
+"""

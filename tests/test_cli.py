@@ -13,21 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from dmsim.cli.main import cli
+from tests.helpers import SMALL_TRACE as SMALL
 
 HERE = os.path.dirname(__file__)
 REAL = os.path.join(HERE, "..", "traces", "real", "vm2g-modules-bpf-secretmem.trace.gz")
 
-SMALL = """dmsim-trace 1
-e820 0x1000 0x9fc00 usable
-e820 0x100000 0x7ffdd000 usable
-gbpages on
-system_running
-cpa direct 0x2000 1 set=0x0 clr=0x2 primary
-step one
-check direct_map_level2_splits 1
-check DirectMap4k 6004
-check DirectMap2M 2091008
-"""
 
 
 @pytest.fixture()

@@ -18,18 +18,7 @@ from click.testing import CliRunner
 import dmsim.simulate as simulate_module
 from dmsim.cli.main import cli
 from dmsim.core import constants as C
-
-SMALL = """dmsim-trace 1
-e820 0x1000 0x9fc00 usable
-e820 0x100000 0x7ffdd000 usable
-gbpages on
-system_running
-cpa direct 0x2000 1 set=0x0 clr=0x2 primary
-step one
-check direct_map_level2_splits 1
-check DirectMap4k 6004
-check DirectMap2M 2091008
-"""
+from tests.helpers import SMALL_TRACE as SMALL
 
 # A recorded trace with one allocation: --placement simulate gives it handle events.
 WITH_ALLOC = SMALL.replace("system_running\n", "system_running\nalloc 0x5000 0\n")
