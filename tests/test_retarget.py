@@ -81,3 +81,71 @@ def test_reference_traces_run_to_the_end_with_simulated_placement(path):
     assert res.stats["handle_errors"] == 0 and res.stats["pte_table_alloc_failures"] == 0
     splits = [c.simulated for c in res.checks if c.counter == "direct_map_level2_splits"]
     assert splits == sorted(splits) and splits[-1] > 0
+
+
+# --- vmalloc areas and __GFP_UNMAPPED users (retarget.vmalloc_areas(), the first-change rule)
+
+MODULES = 0xFFFFFFFFC0000000  # module space: module_alloc() areas
+
+
+def call(va, n=1, set_=0, clr=2, primary=0):
+    return (f"  x-1 [000] .....  1.0: cpa: (__change_page_attr_set_clr+0x0/0xf00) vaddr={va:#x} "
+            f"numpages={n} set={set_:#x} clr={clr:#x} flags=0 primary={primary} pob={POB} pb=0x0")
+
+
+def alias(pfn, set_=0, clr=2):
+    return call(int(POB, 16) + (pfn << 12), 1, set_, clr, 0)
+
+
+def handle_events(t):
+    from dmsim.trace import events as E
+
+    ev = t.events
+    return [(int(k), int(a0), int(a1), int(f)) for k, a0, a1, f in
+            zip(ev.kind, ev.arg0, ev.arg1, ev.flags, strict=True)
+            if k in (E.EV_H_ALLOC, E.EV_H_VMALLOC, E.EV_H_VFREE, E.EV_H_CPA)]
+
+
+def test_a_module_area_is_rebuilt_from_its_calls_and_freed_by_its_last_page():
+    from dmsim.trace import events as E
+
+    text, data = [0x60010, 0x60011, 0x60012], 0x60013
+    lines = [call(MODULES, 3, primary=1)]  # set_memory_ro() on the text: 3 alias calls
+    lines += [alias(p) for p in text]
+    lines += [alias(p, clr=3) for p in text + [data]]  # vm_reset_perms(): invalid ...
+    lines += [alias(p, set_=3, clr=0) for p in text + [data]]  # ... then default
+    lines += [free(p) for p in text + [data]]
+    t = to_simulated_placement(trace(*lines))
+    ev = handle_events(t)
+    # one area of 4 pages (the data page joined it through the reset), module memory
+    assert ev[0] == (E.EV_H_VMALLOC, 0, 4, E.UNMAPPED_MODULE << E.UNMAPPED_SHIFT)
+    cpas = [e for e in ev if e[0] == E.EV_H_CPA]
+    assert len(cpas) == 3 + 4 + 4 and all(e[1] == 0 for e in cpas)
+    assert [e[2] >> 32 for e in cpas[:3]] == [0, 1, 2]  # page j of the call is page j
+    assert cpas[6][2] >> 32 == 3  # the data page is the area's fourth
+    assert ev[-1][:2] == (E.EV_H_VFREE, 0)  # after the last of the 4 frees
+    assert t.meta["untraced_frees"] == 0 and t.meta["vmalloc_areas"] == 1
+    r = simulate(t)
+    assert build_result(r).stats["handle_errors"] == 0
+
+
+def test_a_512_page_call_is_a_bpf_prog_pack():
+    from dmsim.trace import events as E
+
+    pages = list(range(0x60200, 0x60400))
+    t = to_simulated_placement(trace(call(MODULES, 512, primary=1), *[alias(p) for p in pages]))
+    (vm,) = [e for e in handle_events(t) if e[0] == E.EV_H_VMALLOC]
+    assert vm[2] == 512 and vm[3] == E.UNMAPPED_BPF << E.UNMAPPED_SHIFT
+
+
+def test_who_asks_for_gfp_unmapped_among_traced_allocations():
+    from dmsim.trace import events as E
+
+    # secretmem_fault(): the page it allocated is unmapped first; a one-page
+    # module_alloc() area (alloc_pages() shows it) is made read-only first
+    t = to_simulated_placement(trace(
+        alloc(0x50000), alias(0x50000, clr=3),
+        alloc(0x50001), alias(0x50001), alias(0x50001, clr=3),
+        alloc(0x50002), cpa(0x50002, clr=0x8000000000000000)))
+    groups = [(e[3] >> E.UNMAPPED_SHIFT) & 0xF for e in handle_events(t) if e[0] == E.EV_H_ALLOC]
+    assert groups == [E.UNMAPPED_SECRETMEM, E.UNMAPPED_MODULE, E.UNMAPPED_NONE]
