@@ -149,3 +149,21 @@ def test_who_asks_for_gfp_unmapped_among_traced_allocations():
         alloc(0x50002), cpa(0x50002, clr=0x8000000000000000)))
     groups = [(e[3] >> E.UNMAPPED_SHIFT) & 0xF for e in handle_events(t) if e[0] == E.EV_H_ALLOC]
     assert groups == [E.UNMAPPED_SECRETMEM, E.UNMAPPED_MODULE, E.UNMAPPED_NONE]
+
+
+def test_a_recorded_set_memory_rox_carries_cpa_collapse():
+    # a 6.15 kernel's set_memory_rox() passes CPA_COLLAPSE (16) in cpa->flags: the reader
+    # keeps it, and under rox_collapse the 2M leaf the first call split comes back
+    from dmsim.core import constants as C
+    from dmsim.policy import load_policy
+    from dmsim.trace.events import CPAF_COLLAPSE
+
+    base = int(POB, 16) + (0x60000 << 12)
+    t = trace(call(base, 1, primary=1),
+              call(base, 512, clr=C._PAGE_RW | C._PAGE_NX, primary=1).replace("flags=0", "flags=16"))
+    assert [int(f) & CPAF_COLLAPSE for f in t.events.flags[-2:]] == [0, CPAF_COLLAPSE]
+    # (before system_running: the leaf comes back, vmstat does not count it)
+    assert simulate(t).state.pmd_state[0x60000 >> 9] != ENTRY_LEAF
+    r = simulate(t, policy=load_policy("rox_collapse"))
+    assert r.state.pmd_state[0x60000 >> 9] == ENTRY_LEAF
+    assert r.counters[C.NR_PT_FREED] == 1 and r.counters[C.DIRECT_MAP_LEVEL2_COLLAPSE] == 0

@@ -16,6 +16,7 @@ import numpy as np
 from ..core.constants import (
     _PAGE_RW,
     CPA_ARRAY,
+    CPA_COLLAPSE,
     CPA_PAGES_ARRAY,
     KERNEL_IMAGE_SIZE,
     PAGE_SHIFT,
@@ -24,6 +25,7 @@ from ..core.constants import (
 from ..machine import E820_TYPES, KernelImage, Machine, MachineError, apply_e820_update
 from .errors import LineErrors, TraceError
 from .events import (
+    CPAF_COLLAPSE,
     CPAF_PRIMARY,
     EV_ALLOC,
     EV_CHECKPOINT,
@@ -237,6 +239,9 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     array = (f[:, 4] & u(CPA_ARRAY | CPA_PAGES_ARRAY)) != 0
     f[array, 1] = 1
     primary = f[:, 5].astype(np.int64) != 0
+    # a 6.15+ kernel's set_memory_rox() passes CPA_COLLAPSE in cpa->flags
+    cpa_flags = np.where(primary, CPAF_PRIMARY, 0) | np.where(
+        (f[:, 4] & u(CPA_COLLAPSE)) != 0, CPAF_COLLAPSE, 0)
     vpfn = np.where(direct, (off_direct >> u(PAGE_SHIFT)).astype(np.int64),
                     highmap_vpfn + (off_high >> u(PAGE_SHIFT)).astype(np.int64))
     vpfn = np.where(vm, (vaddr >> u(PAGE_SHIFT)).astype(np.int64), vpfn)
@@ -254,7 +259,7 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
                            np.zeros(len(markers), np.int64)])
     mset = np.concatenate([f[keep_ev, 2], np.zeros(len(mem_li) + len(markers), np.uint64)])
     mclr = np.concatenate([f[keep_ev, 3], np.zeros(len(mem_li) + len(markers), np.uint64)])
-    flg = np.concatenate([np.where(primary[keep_ev], CPAF_PRIMARY, 0).astype(np.int32),
+    flg = np.concatenate([cpa_flags[keep_ev].astype(np.int32),
                           np.where(kind[mem_li] == SCAN_ALLOC,
                                    fields[mem_li, 2] | fields[mem_li, 3] << np.uint64(8),
                                    0).astype(np.int32),
