@@ -67,6 +67,7 @@ class View:
     pageblocks: list[int]
     stats: dict[str, int]
     snapshots: list[dict[str, int]] = field(default_factory=list)  # absolute counters
+    pcp: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (zone, list) -> pfns
 
     def pb(self, pfn: int) -> int:
         return self.pageblocks[pfn >> 9]
@@ -87,7 +88,8 @@ def reference_view(t, policy) -> View:
     return View("reference", _delta(ref.counters(), ref.boot), dict(ref.dm.leaves_by_key),
                 ref.buddy.free_lists(),
                 ref.buddy.pageblock_types((max(z.end for z in ref.buddy.zones) >> 9) + 1),
-                ref.buddy.counters(), [ref.snapshots[i] for i in range(len(t.checkpoints))])
+                ref.buddy.counters(), [ref.snapshots[i] for i in range(len(t.checkpoints))],
+                ref.buddy.pcp_lists())
 
 
 def core_view(t, policy) -> View:
@@ -96,7 +98,7 @@ def core_view(t, policy) -> View:
     return View("core", _delta(counters_from_row(r.counters), counters_from_row(r.boot)),
                 {(lv, base): fl for lv, base, fl in core_leaves(r.state)},
                 b.free_lists(), [int(x) for x in b.pageblock_mt], b.counters(),
-                [counters_from_row(row) for row in r.snapshots])
+                [counters_from_row(row) for row in r.snapshots], b.pcp_lists())
 
 
 def both(head: str, body: str, policy: Policy, expect) -> None:
@@ -502,6 +504,29 @@ def test_a_map_back_merge_frees_its_page_table_before_the_page():
                      NR_PT_FREED=2, NR_CPA_CALLS=130)
         assert v.zone_lists(DMA32, UNMOVABLE) == {(9, UNMOVABLE): [0x1200]}
     both(SMALL, "vmalloc 1 64 unmapped=module\nvfree 1\n", policy, expect)
+
+
+def test_a_map_back_that_splits_and_merges_frees_the_table_it_allocated():
+    # SMALL, migrate_unmapped + cpa_merge (found by the property test). h1, order 10,
+    # takes the DMA32 block 0x1000-0x13ff; the conversion splits and merges 0x1000's
+    # leaf (split 1, merge 1), post_alloc_hook()'s 1024 invalid calls split 0x1000 and
+    # 0x1200 (splits 2, 3; their tables take DMA's 0x100 and 0x101, DMA32 being
+    # empty). "set_memory p" makes all 1024 ptes PRESENT (still not RW): both tables
+    # are whole and merge (merges 2, 3; 0x100 and 0x101 go to the unmovable pcp list).
+    # The free maps the pages back one call each: 0x1000's call splits the 2M leaf
+    # again, taking the pcp head 0x101, and 0x11ff's call merges it, freeing that
+    # same page inside the same free_pages_prepare() (split 4, merge 4); 0x1200 and
+    # 0x13ff likewise (split 5, merge 5). No table page may leak: the pcp list ends
+    # as it was after "set_memory p". Calls: 2 + 1024 + 1 + 1024.
+    policy = Policy(name="mu+merge", alloc="migrate_unmapped", merge="cpa_merge")
+
+    def expect(v: View):
+        counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=5, DIRECT_MAP_LEVEL1_MERGE=5, NR_PTE_TABLES=5,
+                     NR_PT_FREED=5, NR_CPA_CALLS=2051, NR_DIRECT_4K=0, NR_DIRECT_2M=0)
+        assert v.pcp == {(0, UNMOVABLE): [0x101, 0x100]}
+        assert v.leaves[(L2M, 0x1000)] == PK | PSE  # RFC 1/4 gave _PAGE_GLOBAL back
+    both(SMALL, "page_alloc 1 10 unmapped=module\nset_memory p 1\npage_free 1\n", policy,
+         expect)
 
 
 def test_alias_calls_merge_under_cpa_merge():

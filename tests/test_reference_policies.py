@@ -55,6 +55,8 @@ POLICIES = [
            collapse_free_pageblock=True),
     Policy(name="migrate_unmapped+cpa_merge", alloc="migrate_unmapped", merge="cpa_merge",
            unmapped_users=("secretmem", "module", "bpf", "other")),
+    Policy(name="migrate_unmapped+collapse+cpa_merge", alloc="migrate_unmapped",
+           merge="cpa_merge", collapse_free_pageblock=True),
     Policy(name="migrate_unmapped+collapse+rox", alloc="migrate_unmapped", merge="rox_collapse",
            collapse_free_pageblock=True, unmapped_users=("secretmem",)),
     Policy(name="unmapped_alloc", alloc="unmapped_alloc"),

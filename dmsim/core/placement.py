@@ -76,8 +76,9 @@ NR_POL = 4
 # function with a dozen array arguments costs reference-count traffic on each,
 # which was a quarter of simulated placement's time (4.1 -> 5.7 M events/s);
 # buddy.py's own kernels keep calling them out of line (compile time).
-alloc_pages = njit(cache=True, inline="always")(_alloc_pages.py_func)
-free_pages = njit(cache=True, inline="always")(_free_pages.py_func)
+# (getattr: under NUMBA_DISABLE_JIT=1, for debugging, they are plain functions)
+alloc_pages = njit(cache=True, inline="always")(getattr(_alloc_pages, "py_func", _alloc_pages))
+free_pages = njit(cache=True, inline="always")(getattr(_free_pages, "py_func", _free_pages))
 
 H_NONE = 0
 H_PAGES = 1
@@ -190,31 +191,77 @@ def give_back(pfn, order, buddy, pol, uc):
                     zone_info, stats, cfg, pfn, order)
 
 
+# page-table and free-page work, run depth first as the kernel nests it (tasks on
+# an explicit stack: numba has no recursion here). A task is a page being freed
+# (order >= 0), or one of:
+T_PT_ALLOC = -1  # split_large_page(): alloc_pages(GFP_KERNEL, 0) for table st_pfn
+T_PT_FREE = -2  # a merge's or collapse's __free_page() of table st_pfn's page
+T_RESTORE = -3  # the collapse variant's set_direct_map_PMD() of pageblock st_pfn
+STACK = 256  # depth: a few tasks per nesting level; more is counted as log overflow
+
+
+@njit(cache=True, inline="always")
+def push_log(nr_tables, mark, st_pfn, st_order, top):
+    """The page-table pages a call took or gave back since `mark` (cpa.pt_log()),
+    pushed last first so that they run in the call's order; the log is emptied."""
+    k = nr_tables[S.NT_LOG_LEN] - 1
+    while k >= mark:
+        e = nr_tables[S.NT_LOG + k]
+        k -= 1
+        if top == STACK:
+            nr_tables[S.NT_LOG_OVERFLOW] += 1
+            continue
+        st_pfn[top] = ((e >> 2) << 1) | ((e >> 1) & 1)  # table ident << 1 | is_pmd
+        st_order[top] = T_PT_FREE if e & 1 else T_PT_ALLOC
+        top += 1
+    nr_tables[S.NT_LOG_LEN] = mark
+    return top
+
+
+@njit(cache=True, inline="always")
+def push_restores(stats, nr_tables, st_pfn, st_order, top):
+    """The pageblocks a free gave back to MOVABLE (collapse variant), first first."""
+    k = stats[S_PB_LOG_LEN] - 1
+    while k >= 0:
+        if top == STACK:
+            nr_tables[S.NT_LOG_OVERFLOW] += 1
+        else:
+            st_pfn[top] = stats[S_PB_LOG + k]
+            st_order[top] = T_RESTORE
+            top += 1
+        k -= 1
+    stats[S_PB_LOG_LEN] = 0
+    return top
+
+
 @njit(cache=True)
-def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
-    """__free_pages(): free_pages_prepare() with the policy's hook, then the free.
-    A map-back that makes a split table whole again (cpa_merge) frees the table's
-    page from inside free_pages_prepare(): that page is freed, depth first, before
-    the page being freed goes on (an explicit stack, numba has no recursion here)."""
+def run_tasks(st_pfn, st_order, st_next, top, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """Run the stack's tasks to the end.
+    - A page being freed is __free_pages(): free_pages_prepare() maps an UNMAPPED
+      pageblock's pages back one CPA call each (migrate_unmapped_map_pages()); a call
+      that splits allocates a table page, one that makes a split table whole again
+      (cpa_merge) frees one, inside that call, so each call's page-table work runs
+      before the next call. Then the free proper, and the pageblocks it gave back
+      (collapse variant) get their 2M leaf again, first first, each with its work.
+    - A freed table page is a page being freed like any other."""
+    (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
+     pfn_mapped) = dm
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
-    if not (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
-            pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED):
-        give_back(pfn, order, buddy, pol, uc)  # nothing to prepare: no stack needed
-        return
-    nr_tables = dm[6]
-    counters = dm[7]
-    # tasks: a page to free (prepared first, then given back), or a page table to allocate
-    st_pfn = np.empty(64, np.int64)
-    st_order = np.empty(64, np.int64)  # -1: allocate the page table st_pfn (log ident)
-    st_ready = np.zeros(64, np.bool_)
-    st_pfn[0] = pfn
-    st_order[0] = order
-    top = 1
     while top > 0:
-        p = st_pfn[top - 1]
-        o = st_order[top - 1]
-        if o < 0:  # split_large_page() during a map-back: alloc_pages(GFP_KERNEL, 0)
+        t = top - 1
+        p = st_pfn[t]
+        o = st_order[t]
+        if o == T_PT_FREE:
+            tp = take_table_pfn(row_pfn, pud_pfn, p >> 1, p & 1)
+            if tp < 0:  # a table init_mem_mapping() built from memblock
+                top -= 1
+            else:
+                st_pfn[t] = tp
+                st_order[t] = 0
+                st_next[t] = -1
+            continue
+        if o == T_PT_ALLOC:
             top -= 1
             tp = _alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
                               zone_info, stats, fallbacks, cfg, ZONE_NORMAL, 0, MIGRATE_UNMOVABLE)
@@ -225,84 +272,66 @@ def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
             else:
                 row_pfn[p >> 1] = tp
             continue
-        if not st_ready[top - 1]:
-            st_ready[top - 1] = True
-            if pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and \
-                    pb_mt[p >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED:
-                mark = nr_tables[S.NT_LOG_LEN]
-                for j in range(1 << o):  # migrate_unmapped_map_pages()
-                    cpa1(p + j, 1, P_INVALID, ZERO, 0, dm)
-                # its page-table work happens inside free_pages_prepare(): queue it,
-                # last first, so that it runs in log order before this page is freed
-                k = nr_tables[S.NT_LOG_LEN] - 1
-                while k >= mark:
-                    e = nr_tables[S.NT_LOG + k]
-                    k -= 1
-                    ident = e >> 2
-                    is_pmd = (e >> 1) & 1
-                    if top == 64:
-                        nr_tables[S.NT_LOG_OVERFLOW] += 1
-                        continue
-                    if (e & 1) == 0:
-                        st_pfn[top] = (ident << 1) | is_pmd
-                        st_order[top] = -1
-                        top += 1
-                        continue
-                    tp = take_table_pfn(row_pfn, pud_pfn, ident, is_pmd)
-                    if tp < 0:
-                        continue
-                    st_pfn[top] = tp
-                    st_order[top] = 0
-                    st_ready[top] = False
-                    top += 1
-                nr_tables[S.NT_LOG_LEN] = mark
-                continue
+        if o == T_RESTORE:
+            top -= 1
+            mark = nr_tables[S.NT_LOG_LEN]
+            set_direct_map_pmd(p, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters,
+                               params, pfn_mapped)
+            top = push_log(nr_tables, mark, st_pfn, st_order, top)
+            continue
+        j = st_next[t]
+        if j < 0:  # free_pages_prepare(): the policy's hook?
+            j = 0 if (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
+                      pb_mt[p >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED) else 1 << o
+        if j < (1 << o):
+            # migrate_unmapped_map_pages(): set_direct_map_default_noflush(page + j)
+            st_next[t] = j + 1
+            mark = nr_tables[S.NT_LOG_LEN]
+            cpa1(p + j, 1, P_INVALID, ZERO, 0, dm)
+            top = push_log(nr_tables, mark, st_pfn, st_order, top)
+            continue
+        st_next[t] = j
         top -= 1
         give_back(p, o, buddy, pol, uc)
+        if stats[S_PB_LOG_LEN] != 0:
+            top = push_restores(stats, nr_tables, st_pfn, st_order, top)
+
+
+@njit(cache=True)
+def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """__free_pages() under an allocation policy (run_tasks())."""
+    if not (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
+            buddy[4][pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED):
+        give_back(pfn, order, buddy, pol, uc)  # nothing to prepare: the caller settles
+        return
+    st_pfn = np.empty(STACK, np.int64)
+    st_order = np.empty(STACK, np.int64)
+    st_next = np.empty(STACK, np.int64)
+    st_pfn[0] = pfn
+    st_order[0] = order
+    st_next[0] = -1
+    run_tasks(st_pfn, st_order, st_next, 1, dm, buddy, row_pfn, pud_pfn, pol, uc)
 
 
 @njit(cache=True)
 def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
-    """Pages for the page tables the last calls split, back to the allocator
-    those their merges and collapses freed, in the order the kernel took and
-    freed them; then the pageblocks the collapse variant gave back to MOVABLE
-    get their 2M leaf again (which frees a table, and so on)."""
-    (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
-     pfn_mapped) = dm
-    (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
-     fallbacks, cfg) = buddy
-    j = 0
-    k = 0
-    while True:
-        if j < nr_tables[S.NT_LOG_LEN]:
-            e = nr_tables[S.NT_LOG + j]
-            j += 1
-            ident = e >> 2
-            is_pmd = (e >> 1) & 1
-            if (e & 1) == 0:  # split_large_page(): alloc_pages(GFP_KERNEL, 0)
-                pfn = _alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
-                                  pcp_ends, zone_info, stats, fallbacks, cfg, ZONE_NORMAL, 0,
-                                  MIGRATE_UNMOVABLE)
-                if pfn < 0:
-                    counters[C.NR_PT_ALLOC_FAIL] += 1
-                if is_pmd:
-                    pud_pfn[ident] = pfn
-                else:
-                    row_pfn[ident] = pfn
-            else:  # merge_splitted_mapping() / cpa_collapse_large_pages(): __free_page()
-                pfn = take_table_pfn(row_pfn, pud_pfn, ident, is_pmd)
-                if pfn >= 0:  # -1: a table init_mem_mapping() built from memblock
-                    free_hook(pfn, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
-        elif k < stats[S_PB_LOG_LEN]:
-            pb = stats[S_PB_LOG + k]
-            k += 1
-            # the FIXME's set_direct_map_PMD(): restore the pageblock's 2M leaf
-            set_direct_map_pmd(pb, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters,
-                               params, pfn_mapped)
-        else:
-            break
+    """After a CPA call or a plain free: the page-table pages the direct map took and
+    gave back, in its order (a call over a GiB logs hundreds: one at a time, each
+    with its nested work), then the pageblocks a free gave back (collapse variant)."""
+    nr_tables = dm[6]
+    stats = buddy[9]
+    st_pfn = np.empty(STACK, np.int64)
+    st_order = np.empty(STACK, np.int64)
+    st_next = np.empty(STACK, np.int64)
+    n = nr_tables[S.NT_LOG_LEN]
+    for j in range(n):  # nested work logs after n, and empties its part again
+        e = nr_tables[S.NT_LOG + j]
+        st_pfn[0] = ((e >> 2) << 1) | ((e >> 1) & 1)
+        st_order[0] = T_PT_FREE if e & 1 else T_PT_ALLOC
+        run_tasks(st_pfn, st_order, st_next, 1, dm, buddy, row_pfn, pud_pfn, pol, uc)
     nr_tables[S.NT_LOG_LEN] = 0
-    stats[S_PB_LOG_LEN] = 0
+    top = push_restores(stats, nr_tables, st_pfn, st_order, 0)
+    run_tasks(st_pfn, st_order, st_next, top, dm, buddy, row_pfn, pud_pfn, pol, uc)
 
 
 @njit(cache=True, inline="always")
@@ -349,8 +378,7 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     if policy == ALLOC_UNMAPPED_CACHE:
         counters[C.NR_UNMAPPED_REFILLS] += 1
         for j in range(1 << order):  # the patch's loop: nr_pages = 1 << order
-            cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
-        settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+            _cpa(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
         cache_free_one(uc, pfn, req_order, True)
         return cache_rmqueue_smallest(uc, order)
     pb = pfn >> PAGEBLOCK_ORDER
@@ -364,9 +392,9 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
                              pfn, page_zonenum(zone_info, pfn), MIGRATE_UNMAPPED)
         counters[C.NR_UNMAPPED_PAGEBLOCKS] += 1
     # post_alloc_hook() -> migrate_unmapped_unmap_pages()
+    # (one CPA call per page: each split takes its table page before the next call)
     for j in range(1 << order):
-        cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
-    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+        _cpa(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
     return pfn
 
 

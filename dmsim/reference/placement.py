@@ -40,7 +40,8 @@ is in Policy.unmapped_users):
   free_pages_prepare() calls migrate_unmapped_map_pages() before the page reaches the
   pcp or buddy lists. With collapse_free_pageblock, __free_one_page() queues the
   pageblocks it gives back; their 2M leaves are restored after the allocator call
-  (ReferenceDirectMap.restore_pmd()).
+  (ReferenceDirectMap.restore_pmd()), in order, each restore's freed table page
+  freed (and its own restores done) before the next: depth first, as a free nests.
 - unmapped_alloc (RFC 1/5, Mar 2023): __alloc_pages() hands __GFP_UNMAPPED requests
   to unmapped_pages_alloc() (the cache); free_pages_prepare() hands pages of
   PB_unmapped pageblocks to unmapped_pages_free().
@@ -294,8 +295,8 @@ class ReferencePlacement:
         """collapse_free_pageblock: the pageblocks __free_one_page() gave back get
         their 2M leaf (set_direct_map_PMD()), after the allocator call that freed
         them; the freed page-table page goes back to the allocator in turn."""
-        while self.buddy.collapse_requests:
-            pfn = self.buddy.collapse_requests.pop(0)
+        batch, self.buddy.collapse_requests = self.buddy.collapse_requests, []
+        for pfn in batch:  # each one's page-table work (its frees) before the next
             self.dm.restore_pmd(pfn)
             self._page_table_pages()
 
