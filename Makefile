@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_TRACE := traces/real/vm4g-modules-bpf-secretmem.trace.gz
 
-.PHONY: venv demo test bench lint clean record-real traces-readme
+.PHONY: venv demo test bench lint clean record-real traces-readme fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.gen
+
+# The property tests (core against the reference models) with many random examples:
+# a search for disagreements, not part of CI (whose examples are fixed). Minutes.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+		tests/test_reference_policies.py tests/test_reference_cpa.py tests/test_buddy_reference.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dmsim tests bench
