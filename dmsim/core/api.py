@@ -47,12 +47,14 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
     `policy` (a dmsim.policy.Policy; None is baseline)."""
     from .buddy import PAGEBLOCK_ORDER, enable_migrate_unmapped
     from .placement import (
+        ALLOC_BASELINE,
         ALLOC_MIGRATE_UNMAPPED,
         NR_POL,
         POL_ALLOC,
         POL_UNMAPPED_MASK,
         event_need,
-        place_events,
+        place_events_hooked,
+        place_events_plain,
     )
 
     kind, arg0, arg1, mask_set, mask_clr, flags = columns
@@ -81,6 +83,8 @@ def place(st: DirectMapState, buddy, columns: tuple[np.ndarray, ...], nr_snapsho
     st.params[P_PT_LOG] = 1  # page-table pages come from and go back to the allocator
     row_pfn = np.full(st.pte.shape[0], -1, np.int64)
     pud_pfn = np.full(st.pud_state.shape[0], -1, np.int64)
+    # a policy with allocation hooks runs the loop compiled with them
+    place_events = place_events_plain if pol[POL_ALLOC] == ALLOC_BASELINE else place_events_hooked
     i = 0
     while i < total:
         stop = min(total, i + chunk)

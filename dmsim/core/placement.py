@@ -378,7 +378,9 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     if policy == ALLOC_UNMAPPED_CACHE:
         counters[C.NR_UNMAPPED_REFILLS] += 1
         for j in range(1 << order):  # the patch's loop: nr_pages = 1 << order
-            _cpa(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+            cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
+            if unsettled(dm, buddy):  # _cpa(), without a call per page
+                settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
         cache_free_one(uc, pfn, req_order, True)
         return cache_rmqueue_smallest(uc, order)
     pb = pfn >> PAGEBLOCK_ORDER
@@ -394,7 +396,9 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     # post_alloc_hook() -> migrate_unmapped_unmap_pages()
     # (one CPA call per page: each split takes its table page before the next call)
     for j in range(1 << order):
-        _cpa(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+        cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
+        if unsettled(dm, buddy):  # _cpa(), without a call per page
+            settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
     return pfn
 
 
@@ -424,13 +428,16 @@ def event_need(k, h, a1, h_kind, h_len):
     return 0
 
 
-@njit(cache=True)
-def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
-                 h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn, uc):
+@njit(cache=True, inline="always")
+def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                  h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn, uc,
+                  hooks):
     """Apply events[start:stop] with simulated placement. Returns the index it
     stopped at: stop, or earlier when the pte pool or the page-table log
     cannot hold the next event's worst case (the caller grows them and calls
-    again)."""
+    again). `hooks` is a constant of each compiled copy (place_events_plain /
+    place_events_hooked): the allocation policy hooks' call sites, even never
+    taken, cost the plain loop a quarter of its speed (4.4 -> 3.2 M events/s)."""
     (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
      pfn_mapped) = dm
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
@@ -449,7 +456,7 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             order = arg1[i]
             f = flags[i]
             group = (f >> UNMAPPED_SHIFT) & 0xF
-            if (pol[POL_UNMAPPED_MASK] >> group) & 1:
+            if hooks and (pol[POL_UNMAPPED_MASK] >> group) & 1:
                 pfn = alloc_hook((f >> 8) & 0xF, order, f & 0xFF, group, dm, buddy, row_pfn,
                                  pud_pfn, pol, uc)
             else:  # no policy hook: the plain __alloc_pages(), inlined (the hot path)
@@ -474,20 +481,20 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
                 continue
-            if pol[POL_ALLOC] == ALLOC_BASELINE:  # no free_pages_prepare() hook: inline
+            if hooks:  # free_pages_prepare()'s hook, and what it left to settle
+                free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
+                if unsettled(dm, buddy):
+                    settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+            else:  # no hook: the plain free, inline (a free never touches the direct map)
                 free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends,
                            zone_info, stats, cfg, h_base[h], h_len[h])
-            else:
-                free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
-            if unsettled(dm, buddy):
-                settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_VMALLOC:
             n = arg1[i]
             group = (flags[i] >> UNMAPPED_SHIFT) & 0xF
             base = pool_used[0]
             pool_used[0] += n
-            hooked = ((pol[POL_UNMAPPED_MASK] >> group) & 1) != 0
+            hooked = hooks and ((pol[POL_UNMAPPED_MASK] >> group) & 1) != 0
             for j in range(n):  # __vmalloc_area_node(): order-0 pages, GFP_KERNEL
                 if hooked:
                     pool[base + j] = alloc_hook(ZONE_NORMAL, 0, MIGRATE_UNMOVABLE, group, dm,
@@ -517,13 +524,13 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
                              pol, uc)
             for j in range(n):
                 if pool[base + j] >= 0:
-                    if pol[POL_ALLOC] == ALLOC_BASELINE:
+                    if hooks:
+                        free_hook(pool[base + j], 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
+                        if unsettled(dm, buddy):
+                            settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+                    else:
                         free_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
                                    pcp_ends, zone_info, stats, cfg, pool[base + j], 0)
-                    else:
-                        free_hook(pool[base + j], 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
-                    if unsettled(dm, buddy):
-                        settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
             h_kind[h] = H_NONE
         elif k == EV_H_CPA:
             first = arg1[i] >> 32
@@ -563,3 +570,24 @@ def place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, b
         elif k == EV_CHECKPOINT:
             snapshots[h, :] = counters
     return stop
+
+
+@njit(cache=True)
+def place_events_plain(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                       h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn,
+                       uc):
+    """_place_events() with no allocation policy hook (baseline allocation)."""
+    return _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                         h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn,
+                         pud_pfn, uc, False)
+
+
+@njit(cache=True)
+def place_events_hooked(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                        h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn,
+                        uc):
+    """_place_events() with the allocation policy's hooks (migrate_unmapped,
+    unmapped_alloc)."""
+    return _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                         h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn,
+                         pud_pfn, uc, True)
