@@ -201,6 +201,21 @@ STACK = 256  # depth: a few tasks per nesting level; more is counted as log over
 
 
 @njit(cache=True, inline="always")
+def maps_back(pfn, pol, pb_mt):
+    """free_pages_prepare() -> migrate_unmapped_map_pages(): is the page's pageblock
+    UNMAPPED (under migrate_unmapped), so that its pages are mapped back first?"""
+    return pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and \
+        pb_mt[pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED
+
+
+@njit(cache=True, inline="always")
+def task_stack():
+    """(st_pfn, st_order, st_next) for run_tasks()."""
+    return (np.empty(STACK, np.int64), np.empty(STACK, np.int64),
+            np.empty(STACK, np.int64))
+
+
+@njit(cache=True, inline="always")
 def push_log(nr_tables, mark, st_pfn, st_order, top):
     """The page-table pages a call took or gave back since `mark` (cpa.pt_log()),
     pushed last first so that they run in the call's order; the log is emptied."""
@@ -281,8 +296,7 @@ def run_tasks(st_pfn, st_order, st_next, top, dm, buddy, row_pfn, pud_pfn, pol, 
             continue
         j = st_next[t]
         if j < 0:  # free_pages_prepare(): the policy's hook?
-            j = 0 if (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
-                      pb_mt[p >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED) else 1 << o
+            j = 0 if maps_back(p, pol, pb_mt) else 1 << o
         if j < (1 << o):
             # migrate_unmapped_map_pages(): set_direct_map_default_noflush(page + j)
             st_next[t] = j + 1
@@ -300,13 +314,10 @@ def run_tasks(st_pfn, st_order, st_next, top, dm, buddy, row_pfn, pud_pfn, pol, 
 @njit(cache=True)
 def free_hook(pfn, order, dm, buddy, row_pfn, pud_pfn, pol, uc):
     """__free_pages() under an allocation policy (run_tasks())."""
-    if not (pol[POL_ALLOC] == ALLOC_MIGRATE_UNMAPPED and
-            buddy[4][pfn >> PAGEBLOCK_ORDER] == MIGRATE_UNMAPPED):
+    if not maps_back(pfn, pol, buddy[4]):
         give_back(pfn, order, buddy, pol, uc)  # nothing to prepare: the caller settles
         return
-    st_pfn = np.empty(STACK, np.int64)
-    st_order = np.empty(STACK, np.int64)
-    st_next = np.empty(STACK, np.int64)
+    st_pfn, st_order, st_next = task_stack()
     st_pfn[0] = pfn
     st_order[0] = order
     st_next[0] = -1
@@ -320,9 +331,7 @@ def settle(dm, buddy, row_pfn, pud_pfn, pol, uc):
     with its nested work), then the pageblocks a free gave back (collapse variant)."""
     nr_tables = dm[6]
     stats = buddy[9]
-    st_pfn = np.empty(STACK, np.int64)
-    st_order = np.empty(STACK, np.int64)
-    st_next = np.empty(STACK, np.int64)
+    st_pfn, st_order, st_next = task_stack()
     n = nr_tables[S.NT_LOG_LEN]
     for j in range(n):  # nested work logs after n, and empties its part again
         e = nr_tables[S.NT_LOG + j]
@@ -340,12 +349,18 @@ def unsettled(dm, buddy):
     return dm[6][S.NT_LOG_LEN] != 0 or buddy[9][S_PB_LOG_LEN] != 0
 
 
-@njit(cache=True)
-def _cpa(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm, buddy, row_pfn, pud_pfn, pol, uc):
+@njit(cache=True, inline="always")
+def cpa_settled(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm, buddy, row_pfn, pud_pfn,
+                pol, uc):
     """One __change_page_attr_set_clr() call, then its page-table pages."""
     cpa1(vpfn, numpages, mask_set, mask_clr, cpa_flags, dm)
     if unsettled(dm, buddy):
         settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+
+
+# the same, out of line: the loop calls it from many sites (each inline copy costs
+# compile time); alloc_hook()'s per-page loops use the inline one (no call per page)
+_cpa = njit(cache=True)(getattr(cpa_settled, "py_func", cpa_settled))
 
 
 @njit(cache=True)
@@ -378,9 +393,7 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     if policy == ALLOC_UNMAPPED_CACHE:
         counters[C.NR_UNMAPPED_REFILLS] += 1
         for j in range(1 << order):  # the patch's loop: nr_pages = 1 << order
-            cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
-            if unsettled(dm, buddy):  # _cpa(), without a call per page
-                settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+            cpa_settled(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
         cache_free_one(uc, pfn, req_order, True)
         return cache_rmqueue_smallest(uc, order)
     pb = pfn >> PAGEBLOCK_ORDER
@@ -396,9 +409,7 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
     # post_alloc_hook() -> migrate_unmapped_unmap_pages()
     # (one CPA call per page: each split takes its table page before the next call)
     for j in range(1 << order):
-        cpa1(pfn + j, 1, ZERO, P_INVALID, 0, dm)
-        if unsettled(dm, buddy):  # _cpa(), without a call per page
-            settle(dm, buddy, row_pfn, pud_pfn, pol, uc)
+        cpa_settled(pfn + j, 1, ZERO, P_INVALID, 0, dm, buddy, row_pfn, pud_pfn, pol, uc)
     return pfn
 
 
