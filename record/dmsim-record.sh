@@ -280,6 +280,7 @@ fi
 
 # ---------------------------------------------------------------- checkpoints and steps
 [ "$MARK_RUNNING" = 1 ] && mark system_running
+mark "uname $(uname -r)"   # which kernel wrote this (the readers ignore it)
 # One pass over kallsyms (it is large; grep per symbol is slow under emulation).
 awk -v want="$KSYMS" '
     BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) need[w[i]] = 1 }

@@ -81,6 +81,13 @@ def load_scenario(path: str) -> dict:
         "mode": str(cfg.get("mode", "boot")),
         "max_gz_bytes": int(cfg.get("max_gz_bytes", MAX_TRACE_BYTES)),
         "modules": list(cfg.get("modules") or []),
+        # kernel series ("5.10", "6.1") or full version (5.10.0-35-amd64); default: --kver,
+        # else the newest 6.1.0-N-amd64
+        "kernel": str(cfg["kernel"]) if cfg.get("kernel") else None,
+        # publish: false keeps the trace in record/work (e.g. a zoneinfo capture)
+        "publish": bool(cfg.get("publish", True)),
+        # zoneinfo_out: where (relative to the repository) the log's `zoneinfo` block goes
+        "zoneinfo_out": cfg.get("zoneinfo_out"),
         "steps": steps,
     }
 
@@ -100,6 +107,27 @@ def step_command(name: str, where: str) -> str:
         return "mount-bpftrace"
     if kind == "sleep" and arg:
         return f"sleep {arg}"
+    # fragmenting steps (record/guest/frag.c)
+    if kind == "pipes" and re.fullmatch(r"\d+:\d+", arg):  # pipes:N:KIB, held by a daemon
+        return "frag pipes " + " ".join(arg.split(":"))
+    if kind == "sockets" and re.fullmatch(r"\d+", arg):  # sockets:N pairs, held by a daemon
+        return f"frag sockets {arg}"
+    if kind == "anon" and re.fullmatch(r"\d+", arg):  # anon:MB touched and freed
+        return f"frag anon {arg}"
+    if kind == "pagecache" and re.fullmatch(r"\d+", arg):  # pagecache:MB file in tmpfs, kept
+        return f"frag pagecache /tmp {arg}"
+    if kind == "files" and re.fullmatch(r"\d+(:\d+)?", arg):  # files:N[:BYTES], half deleted
+        return "frag files /tmp " + " ".join(arg.split(":"))
+    if kind == "unfrag" and not arg:  # kill the pipes/sockets daemons
+        return "frag kill"
+    if kind == "modcycle" and arg:  # modcycle:a,b,c[:R]: R x (load a b c, rmmod c b a)
+        mods, _, reps = arg.partition(":")
+        names = [m for m in mods.split(",") if m]
+        if names and re.fullmatch(r"\d*", reps):
+            one = " && ".join([f"modprobe {m}" for m in names] + [f"rmmod {m}" for m in reversed(names)])
+            return " && ".join([one] * int(reps or 1))
+    if kind == "zoneinfo" and not arg:  # print zoneinfo, vm sysctls, dmesg e820 to the log
+        return "zoneinfo"
     raise SystemExit(f"{where}: step {name!r} has no shorthand; give it as {{name: ..., run: ...}}")
 
 
@@ -112,28 +140,104 @@ def step_modules(steps) -> list[str]:
 
 
 # ------------------------------------------------------------------ kernel
-def pick_kver(requested: str | None) -> str:
-    if requested:
-        return requested
+SERIES_SUITE = {"6.1": "bookworm", "5.10": "bullseye"}  # Debian suite of each kernel series
+APT_EXTRA = "/etc/apt/sources.list.d/dmsim-record-extra.sources"
+
+
+def _series(spec: str) -> str:
+    m = re.match(r"(\d+\.\d+)", spec)
+    if not m:
+        raise SystemExit(f"bad kernel {spec!r}: want a series (6.1, 5.10) or a version (6.1.0-56-amd64)")
+    return m.group(1)
+
+
+def _apt_kernels(series: str) -> list[str]:
     out = subprocess.run(
-        ["apt-cache", "search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"],
+        ["apt-cache", "search", "--names-only", rf"^linux-image-{re.escape(series)}\.0-[0-9]+-amd64$"],
         capture_output=True, text=True, check=True,
     ).stdout
-    vers = re.findall(r"^linux-image-(6\.1\.0-(\d+)-amd64)\s", out, re.M)
-    if not vers:
-        raise SystemExit("apt-cache knows no linux-image-6.1.0-N-amd64 (run apt-get update)")
-    return max(vers, key=lambda v: int(v[1]))[0]
+    return re.findall(rf"^linux-image-({re.escape(series)}\.0-\d+-amd64)\s", out, re.M)
+
+
+@contextlib.contextmanager
+def extra_suite(suite: str | None):
+    """apt knows `suite` inside the block: a sources file on the mirror bookworm uses,
+    removed again (and apt-get update run) afterwards. None: nothing to do."""
+    if suite is None:
+        yield
+        return
+    uri = "http://deb.debian.org/debian"
+    for src in glob.glob("/etc/apt/sources.list.d/*.sources") + ["/etc/apt/sources.list"]:
+        if os.path.exists(src) and src != APT_EXTRA:
+            m = re.search(r"^URIs:\s*(\S+/debian)\s*$", open(src).read(), re.M) or \
+                re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)\s+bookworm\b", open(src).read(), re.M)
+            if m:
+                uri = m.group(1)
+                break
+    log(f"adding Debian suite {suite} ({uri}) to apt's sources for the kernel download")
+    with open(APT_EXTRA, "w") as f:
+        f.write(f"Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
+                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    try:
+        run(["apt-get", "update", "-q"])
+        yield
+    finally:
+        os.unlink(APT_EXTRA)
+        log(f"removed suite {suite} again")
+        subprocess.run(["apt-get", "update", "-q"], check=False)
+
+
+def _cached_kernels(series: str) -> list[str]:
+    pat = re.compile(rf"linux-image-({re.escape(series)}\.0-\d+-amd64)_")
+    return [m.group(1) for f in os.listdir(WORK) if (m := pat.match(f))] if os.path.isdir(WORK) else []
+
+
+def _newest(vers: list[str]) -> str:
+    return max(vers, key=lambda v: int(v.split("-")[1]))
+
+
+def pick_kver(requested: str | None) -> str:
+    """A full version as given; a series (or None: 6.1) becomes the newest
+    linux-image-<series>.0-N-amd64 that apt offers, or that is already downloaded
+    when apt does not offer the series (5.10 lives in bullseye)."""
+    if requested and re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", requested):
+        return requested
+    series = _series(requested) if requested else "6.1"
+    vers = _apt_kernels(series)
+    if vers:
+        return _newest(vers)
+    cached = _cached_kernels(series)
+    if cached:
+        return _newest(cached)
+    suite = SERIES_SUITE.get(series)
+    if suite is None:
+        raise SystemExit(f"apt-cache knows no linux-image-{series}.0-N-amd64 (run apt-get update)")
+    with extra_suite(suite):
+        vers = _apt_kernels(series)
+        if not vers:
+            raise SystemExit(f"Debian {suite} has no linux-image-{series}.0-N-amd64")
+        kver = _newest(vers)
+        download_kernel(kver)
+    return kver
+
+
+def download_kernel(kver: str) -> None:
+    if not glob.glob(os.path.join(WORK, f"linux-image-{kver}_*.deb")):
+        log(f"downloading linux-image-{kver}")
+        run(["apt-get", "download", f"linux-image-{kver}"], cwd=WORK)
 
 
 def get_kernel(kver: str) -> str:
     kdir = os.path.join(WORK, f"kernel-{kver}")
     if os.path.exists(os.path.join(kdir, "lib/modules", kver, "modules.dep")):
         return kdir
+    if not glob.glob(os.path.join(WORK, f"linux-image-{kver}_*.deb")):
+        if _apt_kernels(_series(kver)):
+            download_kernel(kver)
+        else:  # a series apt does not offer (5.10: bullseye)
+            with extra_suite(SERIES_SUITE.get(_series(kver))):
+                download_kernel(kver)
     debs = glob.glob(os.path.join(WORK, f"linux-image-{kver}_*.deb"))
-    if not debs:
-        log(f"downloading linux-image-{kver}")
-        run(["apt-get", "download", f"linux-image-{kver}"], cwd=WORK)
-        debs = glob.glob(os.path.join(WORK, f"linux-image-{kver}_*.deb"))
     shutil.rmtree(kdir, ignore_errors=True)
     run(["dpkg", "-x", debs[0], kdir])
     run(["depmod", "-b", kdir, kver])
@@ -171,7 +275,7 @@ def build_helpers() -> dict:
     bdir = os.path.join(WORK, "bin")
     os.makedirs(bdir, exist_ok=True)
     out = {}
-    for name in ("bpfload", "memfd-secret"):
+    for name in ("bpfload", "memfd-secret", "frag"):
         src = os.path.join(GUEST, name + ".c")
         dst = os.path.join(bdir, name)
         if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
@@ -205,7 +309,7 @@ def build_base_initramfs(kdir: str, kver: str, modules) -> str:
     # Keyed by its inputs, so concurrent runs with other scenarios do not clobber it.
     h = hashlib.sha256("\n".join([kver] + sorted(modules)).encode())
     for f in ["dmsim-record.sh", "guest/init", "guest/bpftrace", "guest/mount-bpftrace",
-              "guest/bpfload.c", "guest/memfd-secret.c"]:
+              "guest/bpfload.c", "guest/memfd-secret.c", "guest/frag.c", "guest/zoneinfo"]:
         with open(os.path.join(RECORD, f), "rb") as r:
             h.update(r.read())
     out = os.path.join(WORK, f"initramfs-base-{h.hexdigest()[:12]}.cpio")
@@ -226,7 +330,7 @@ def build_base_initramfs(kdir: str, kver: str, modules) -> str:
     shutil.copy2(os.path.join(RECORD, "dmsim-record.sh"), os.path.join(d, "bin/dmsim-record.sh"))
     for name, path in build_helpers().items():
         shutil.copy2(path, os.path.join(d, "bin", name))
-    for name in ("bpftrace", "mount-bpftrace"):  # wrappers for the bpftrace disk
+    for name in ("bpftrace", "mount-bpftrace", "zoneinfo"):  # wrappers for the bpftrace disk; zoneinfo
         shutil.copy2(os.path.join(GUEST, name), os.path.join(d, "bin", name))
     idx = module_index(kdir, kver)
     paths = module_closure(idx, modules)
@@ -357,7 +461,18 @@ def run_scenario(sc: dict, kdir: str, kver: str, base_cpio: str, bt_disk: str | 
                    recorder_rc=rc, kernel=kver)
     if rc != "0":
         summary["problems"].append(f"recorder exit status {rc}: {glog.strip().splitlines()[-3:]}")
-    if summary["problems"]:
+    zi = re.search(r"^=== zoneinfo begin\n(.*?)^=== zoneinfo end$", glog, re.S | re.M)
+    if zi:
+        with open(os.path.join(sdir, "zoneinfo.txt"), "w") as f:
+            f.write(zi.group(1))
+        if sc["zoneinfo_out"]:
+            zdst = os.path.join(ROOT, sc["zoneinfo_out"])
+            os.makedirs(os.path.dirname(zdst), exist_ok=True)
+            shutil.copy2(os.path.join(sdir, "zoneinfo.txt"), zdst)
+            log(f"{sc['name']}: zoneinfo -> {sc['zoneinfo_out']}")
+    elif sc["zoneinfo_out"]:
+        summary["problems"].append("zoneinfo_out given but the log has no zoneinfo block")
+    if summary["problems"] or not sc["publish"]:
         dst = trace  # leave it in record/work: a broken trace is not published
     else:
         os.makedirs(outdir, exist_ok=True)
@@ -409,12 +524,14 @@ def check_trace(path: str, sc: dict) -> dict:
     want = [n for n, _ in sc["steps"]] if sc else steps
     if steps != want:
         problems.append(f"step markers {steps} != configured {want}")
-    final, first = {}, None
+    final, first, uname = {}, None, None
     for m in markers:
         if m.startswith("step ") or m == "end":
             if first is None:
                 first = dict(final)
-        if m.startswith("vmstat "):
+        if m.startswith("uname "):
+            uname = m[6:]
+        elif m.startswith("vmstat "):
             _, k, v = m.split()
             final[k] = int(v)
         elif m.startswith("meminfo "):
@@ -426,14 +543,15 @@ def check_trace(path: str, sc: dict) -> dict:
     max_gz = sc["max_gz_bytes"] if sc else float("inf")  # --summarize: size is a column
     if os.path.getsize(path) > max_gz:
         problems.append(f"trace is {os.path.getsize(path)} bytes gzipped (> max_gz_bytes {max_gz})")
-    return {"e820_lines": e820, "entries": header, "steps": len(steps), "checkpoints": ncheck,
+    return {"e820_lines": e820, "entries": header, "steps": len(steps), "checkpoints": ncheck, "uname": uname,
             "first": first or {}, "final": final, "problems": problems}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", help="scenario files (default: configs/record/*.yaml)")
-    ap.add_argument("--kver", help="kernel version, e.g. 6.1.0-56-amd64 (default: newest 6.1.0-N-amd64 apt offers)")
+    ap.add_argument("--kver", help="kernel version, e.g. 6.1.0-56-amd64 or 5.10.0-35-amd64, or a series (5.10) "
+                    "for scenarios without `kernel:` (default: newest 6.1.0-N-amd64 apt offers)")
     ap.add_argument("--out", default=os.path.join(ROOT, "traces", "real"), help="where traces go")
     ap.add_argument("--only", action="append", help="run only the scenario(s) with this name")
     ap.add_argument("--table", action="store_true", help="only print the table of the last results")
@@ -455,20 +573,28 @@ def main() -> int:
         return 0
     os.makedirs(WORK, exist_ok=True)
     t0 = time.time()
-    kver = pick_kver(args.kver)
-    log(f"kernel {kver}")
-    modules = list(ALWAYS_MODULES)
+    # scenarios by kernel: a scenario's `kernel:` wins, else --kver, else the newest 6.1
+    kvers: dict[str, str] = {}
+    by_kver: dict[str, list] = {}
     for s in scenarios:
-        modules += s["modules"] + step_modules(s["steps"])
-        if s["bpftrace"]:
-            modules.append("ext4")
-    with work_lock("build"):
-        kdir = get_kernel(kver)
-        base = build_base_initramfs(kdir, kver, sorted(set(modules)))
-        bt = build_bpftrace_disk() if any(s["bpftrace"] for s in scenarios) else None
+        spec = s["kernel"] or args.kver
+        if spec not in kvers:
+            kvers[spec] = pick_kver(spec)
+        by_kver.setdefault(kvers[spec], []).append(s)
     results = []
-    for s in scenarios:
-        results.append(run_scenario(s, kdir, kver, base, bt, args.out))
+    for kver, group in by_kver.items():
+        log(f"kernel {kver}: {', '.join(s['name'] for s in group)}")
+        modules = list(ALWAYS_MODULES)
+        for s in group:
+            modules += s["modules"] + step_modules(s["steps"])
+            if s["bpftrace"]:
+                modules.append("ext4")
+        with work_lock("build"):
+            kdir = get_kernel(kver)
+            base = build_base_initramfs(kdir, kver, sorted(set(modules)))
+            bt = build_bpftrace_disk() if any(s["bpftrace"] for s in group) else None
+        for s in group:
+            results.append(run_scenario(s, kdir, kver, base, bt, args.out))
     print_table(results)
     bad = [r["name"] for r in results if r["problems"]]
     log(f"total {time.time() - t0:.0f} s for {len(results)} scenario(s); "
