@@ -122,3 +122,46 @@ def test_gfp_zone_is_kept_with_the_allocation(gfp, zone):
     line = SHAPES["trace-6.1"][0].replace("gfp_flags=GFP_KERNEL", f"gfp_flags={gfp}")
     t = parse([line])
     assert t.events.flags[t.events.kind == EV_ALLOC][0] >> 8 == zone
+
+
+# Verbatim lines of a Linux 5.10 recording (traces/real/vm2g-5.10-modules-bpf.trace.gz,
+# Debian 5.10.0-32-amd64): pfn in decimal, 4 flag columns, page= a bare vmemmap
+# address; /proc/vmstat has no direct_map split counters, so only DirectMap checkpoints.
+E820_510 = """[    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+[    0.000000] BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved
+[    0.000000] BIOS-e820: [mem 0x00000000000f0000-0x00000000000fffff] reserved
+[    0.000000] BIOS-e820: [mem 0x0000000000100000-0x000000007ffdcfff] usable
+[    0.000000] BIOS-e820: [mem 0x000000007ffdd000-0x000000007fffffff] reserved
+[    0.000000] BIOS-e820: [mem 0x00000000fffc0000-0x00000000ffffffff] reserved
+[    0.000000] BIOS-e820: [mem 0x000000fd00000000-0x000000ffffffffff] reserved
+[    0.000000] e820: update [mem 0x00000000-0x00000fff] usable ==> reserved
+[    0.000000] e820: remove [mem 0x000a0000-0x000fffff] usable
+"""
+LINES_510 = [
+    "# entries-in-buffer/entries-written: 6/6   #P:1",
+    "            init-1       [000] ....     2.539021: mm_page_alloc: page=fffff332c1fa8c00 pfn=518704 order=0 migratetype=1 gfp_flags=GFP_HIGHUSER_MOVABLE",
+    "      pgdatinit0-16      [000] ....     0.765984: mm_page_free: page=fffff332c0400000 pfn=65536 order=9",
+    "    kworker/u2:0-54      [000] d...     3.140623: mm_page_free_batched: page=fffff332c1ffc140 pfn=524037 order=0",
+    "            init-1       [000] ....     2.949060: cpa: (__change_page_attr_set_clr+0x0/0xd80) vaddr=0xffff9163feb5f000 numpages=5233 set=0x2 clr=0x0 flags=0 primary=1 pob=0xffff916380000000 pb=0x2fa00000",
+    " dmsim-record.sh-75      [000] ....     5.681201: tracing_mark_write: dmsim: system_running",
+    " dmsim-record.sh-75      [000] ....     5.694032: tracing_mark_write: dmsim: uname 5.10.0-32-amd64",
+    " dmsim-record.sh-98      [000] ....     6.317911: tracing_mark_write: dmsim: meminfo DirectMap4k: 24436 kB",
+    " dmsim-record.sh-98      [000] ....     6.318127: tracing_mark_write: dmsim: meminfo DirectMap2M: 2072576 kB",
+    " dmsim-record.sh-98      [000] ....     6.318583: tracing_mark_write: dmsim: meminfo DirectMap1G: 0 kB",
+]
+
+
+def test_linux_5_10_lines():
+    t = parse_ftrace(E820_510 + "=== TRACE\n" + "\n".join(LINES_510) + "\n", "t510")
+    ev = t.events
+    assert t.meta["page_allocs"] == 1 and t.meta["page_frees"] == 2 and not t.meta["overflow"]
+    assert t.meta["system_running_marker"] and t.meta["skipped_lines"] == 0
+    alloc, free = (np.nonzero(ev.kind == k)[0] for k in (EV_ALLOC, EV_FREE))
+    assert ev.arg0[alloc][0] == 518704 and ev.arg1[alloc][0] == 0
+    assert ev.flags[alloc][0] == 1 | 2 << 8  # movable, Normal zone
+    assert list(ev.arg0[free]) == [65536, 524037] and list(ev.arg1[free]) == [9, 0]  # decimal pfns
+    cpa = ev.kind == EV_CPA
+    assert list(ev.arg0[cpa][-1:]) == [0x7EB5F] and list(ev.arg1[cpa][-1:]) == [5233]
+    assert t.machine.max_pfn() == 0x7FFDD
+    assert [(c.counter, c.value) for c in t.checkpoints] == [
+        ("DirectMap4k", 24436), ("DirectMap2M", 2072576), ("DirectMap1G", 0)]
