@@ -118,6 +118,9 @@ def step_command(name: str, where: str) -> str:
         return f"frag pagecache /tmp {arg}"
     if kind == "files" and re.fullmatch(r"\d+(:\d+)?", arg):  # files:N[:BYTES], half deleted
         return "frag files /tmp " + " ".join(arg.split(":"))
+    if kind == "hugepages" and re.fullmatch(r"\d+", arg):  # hugepages:N: nr_hugepages = N (2M pages)
+        return (f"echo {arg} > /proc/sys/vm/nr_hugepages && n=$(cat /proc/sys/vm/nr_hugepages) && "
+                f"echo \"nr_hugepages $n\" && [ \"$n\" = {arg} ]")
     if kind == "unfrag" and not arg:  # kill the pipes/sockets daemons
         return "frag kill"
     if kind == "modcycle" and arg:  # modcycle:a,b,c[:R]: R x (load a b c, rmmod c b a)
