@@ -6,6 +6,7 @@ final counters and how dmsim's replay compares, and one per generated trace
 from __future__ import annotations
 
 import glob
+import gzip
 import os
 import sys
 
@@ -22,20 +23,23 @@ HEAD = """# Shipped traces
 
 Regenerate this file with `make traces-readme`.
 
-## traces/real/: recorded on a real Linux 6.1 kernel
+## traces/real/: recorded on real Linux 6.1 and 5.10 kernels
 
-Debian's `linux-image-6.1.0-56-amd64` (6.1.192-2) booted under qemu (TCG), traced
-from boot per the recording contract (SPEC section 6). The two `*-modules-bpf-secretmem`
-traces are the reference recordings from `shared/real-traces/`; the others are made by
-`make record-real` from `configs/record/<name>.yaml` (record/README.md). Each recording
-differs from the last (KASLR), so re-recording changes these files.
+Debian's `linux-image-6.1.0-N-amd64` (bookworm) and `linux-image-5.10.0-N-amd64`
+(bullseye) booted under qemu (TCG), traced from boot per the recording contract (SPEC
+section 6). The two `*-modules-bpf-secretmem` traces are the reference recordings from
+`shared/real-traces/`; the others are made by `make record-real` from
+`configs/record/<name>.yaml` (record/README.md). Each recording differs from the last
+(KASLR), so re-recording changes these files. "kernel" is the trace's `dmsim: uname`
+marker; traces recorded before the recorder wrote it are 6.1.0-56-amd64 (6.1.192-2).
 
-Counters are the kernel's at the trace's last checkpoint (DirectMap in kB).
-"replay" is `dmsim replay --verify`: checkpoints matched, and the DirectMap offset
-that stays from boot on (the boot-time BPF pack, see README.md).
+Counters are the kernel's at the trace's last checkpoint (DirectMap in kB; 5.10 has no
+split counters: "-"). "replay" is `dmsim replay --verify`: checkpoints matched, and the
+DirectMap offset that stays from boot on (the boot-time BPF pack, on 5.10 the boot-time
+BPF filter's page; see README.md).
 
-| trace | what | L2 splits | L3 splits | DirectMap4k | DirectMap2M | DirectMap1G | replay |
-|---|---|---|---|---|---|---|---|
+| trace | kernel | what | L2 splits | L3 splits | DirectMap4k | DirectMap2M | DirectMap1G | replay |
+|---|---|---|---|---|---|---|---|---|
 """
 
 
@@ -45,6 +49,18 @@ def describe(name: str) -> str:
         with open(cfg) as f:
             return (yaml.safe_load(f) or {}).get("description", "")
     return "reference recording (shared/real-traces/)"
+
+
+def uname(path: str) -> str:
+    """The kernel release of the trace's `dmsim: uname` marker (written right after boot)."""
+    with gzip.open(path, "rt", errors="replace") as f:
+        for line in f:
+            i = line.find("dmsim: uname ")
+            if i >= 0:
+                return line[i + 13:].strip()
+            if "dmsim: step " in line or "dmsim: end" in line:
+                break
+    return "6.1.0-56-amd64"
 
 
 def main() -> None:
@@ -59,7 +75,7 @@ def main() -> None:
                   if c.counter.startswith("DirectMap")}
         first_4k = next((c.kernel - c.simulated for c in res.checks if c.counter == "DirectMap4k"), 0)
         ok = sum(c.match for c in res.checks)
-        rows.append(f"| {name} | {describe(name)} | {last.get('direct_map_level2_splits', '-')} | "
+        rows.append(f"| {name} | {uname(path)} | {describe(name)} | {last.get('direct_map_level2_splits', '-')} | "
                     f"{last.get('direct_map_level3_splits', '-')} | {last.get('DirectMap4k', '-')} | "
                     f"{last.get('DirectMap2M', '-')} | {last.get('DirectMap1G', '-')} | "
                     f"{ok}/{len(res.checks)} match; boot offset {first_4k // 2048} x 2M"
