@@ -71,6 +71,14 @@ class Policy:
         return mask
 
     @property
+    def alias_no_nx(self) -> bool:
+        """Which kernel's cpa_process_alias() a replay follows: 6.1 copies the masks
+        whole; 6.2 and later (commit 127960a05548) leave _PAGE_NX out of the alias
+        call. A policy modelled on a later kernel (rox_collapse: 6.15) takes the later
+        rule; everything else is 6.1's."""
+        return self.merge == "rox_collapse"
+
+    @property
     def is_baseline(self) -> bool:
         """Linux 6.1 as it is: baseline allocation, nothing merges."""
         return self.alloc == "baseline" and self.merge == "none"
@@ -85,7 +93,9 @@ class Policy:
                 "collapse_free_pageblock": self.collapse_free_pageblock,
                 "unmapped_users": list(self.unmapped_users) if self.alloc != "baseline" else [],
                 "description": self.description, "source": self.source,
-                "files": list(self.files)}
+                "files": list(self.files),
+                "cpa_alias_masks": "6.2+: without _PAGE_NX" if self.alias_no_nx
+                else "6.1: copied whole"}
 
 
 BASELINE = Policy()

@@ -23,6 +23,7 @@ class Replayed:
     state: DirectMapState
     snapshots: np.ndarray  # int64[len(checkpoints), NR_COUNTERS]
     buddy: object = None  # core.buddy.BuddyState with simulated placement
+    shadow: tuple | None = None  # --placement shadow: core.api.shadow_arrays(), filled
 
     @property
     def counters(self) -> np.ndarray:
@@ -63,6 +64,29 @@ def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None,
         return Replayed(trace, boot, st, snaps, buddy)
     snaps = replay(st, trace.events.columns(), len(trace.checkpoints), progress, policy=policy)
     return Replayed(trace, boot, st, snaps)
+
+
+def shadow(trace: Trace, progress: Callable[[int, int], None] | None = None) -> Replayed:
+    """Shadow placement of a recorded trace already turned into handles
+    (trace/retarget.py): the baseline allocator guesses each allocation, the
+    kernel's pfn is taken (core/shadow.py). Counters follow the kernel's
+    placement wherever the model's free lists allow it."""
+    from .core.api import place, shadow_arrays
+    from .core.buddy import buddy_from_machine
+    from .trace.events import H_PT_PAGE, H_RECORDED
+
+    ev = trace.events
+    allocs = (ev.kind == EV_H_ALLOC) & ((ev.flags & H_RECORDED) != 0) & \
+        ((ev.flags & H_PT_PAGE) == 0)
+    pool = trace.vmalloc_pfns if trace.vmalloc_pfns is not None else np.zeros(0, np.int64)
+    sh = shadow_arrays(int(allocs.sum()) + len(pool), pool)
+    st = init_mem_mapping(trace.machine)
+    boot = st.counters.copy()
+    buddy = buddy_from_machine(trace.machine)
+    snaps = place(st, buddy, ev.columns(), len(trace.checkpoints),
+                  int(trace.meta.get("handles", 0)), int(trace.meta.get("vmalloc_pages", 0)),
+                  progress, sh=sh)
+    return Replayed(trace, boot, st, snaps, buddy, sh)
 
 
 def counter_value(counters: np.ndarray, name: str) -> int:

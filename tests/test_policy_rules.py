@@ -532,15 +532,31 @@ def test_a_map_back_that_splits_and_merges_frees_the_table_it_allocated():
 def test_alias_calls_merge_under_cpa_merge():
     # SMALL. 512 vmalloc pages land on 0x1000-0x11ff, in order (unmovable, batch 1).
     # ro on the first page's alias splits the 2M leaf; rox on all: one alias call per
-    # page (NX dropped, RW cleared): after the last one all 512 ptes are RO and equal:
-    # cpa_merge merges (alias calls write ptes like any other).
+    # page (RW and, with 6.1's cpa_process_alias() copying the masks whole, NX cleared):
+    # after the last one all 512 ptes are RO and equal: cpa_merge merges (alias calls
+    # write ptes like any other).
     body = "vmalloc 1 512\nset_memory ro 1 0 1\nset_memory rox 1\n"
 
     def expect(v: View):
         counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=1, DIRECT_MAP_LEVEL1_MERGE=1,
                      DIRECT_MAP_LEVEL2_COLLAPSE=0, NR_CPA_CALLS=1 + 512)
-        assert v.leaves[(L2M, 0x1000)] == (PK & ~RW) | PSE
+        assert v.leaves[(L2M, 0x1000)] == (PK & ~(RW | NX)) | PSE
     both(SMALL, body, CPA_MERGE, expect)
+
+
+@pytest.mark.parametrize("policy, alias_prot", [
+    (BASELINE, PK & ~(RW | NX)),  # 6.1: alias_cpa = *cpa, NX cleared on the direct map too
+    (ROX_COLLAPSE, PK & ~RW),  # 6.2+ (127960a05548): the alias call leaves NX alone
+])
+def test_alias_masks_follow_the_kernel_version(policy, alias_prot):
+    # SMALL. 4 vmalloc pages land on 0x1000-0x1003; rox clears RW|NX through one alias
+    # call per page: the first splits the 2M leaf at 0x1000, each writes its pte
+    def expect(v: View):
+        counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=1, NR_CPA_CALLS=4)
+        for pfn in range(0x1000, 0x1004):
+            assert v.leaves[(L4K, pfn)] == alias_prot, hex(pfn)
+        assert v.leaves[(L4K, 0x1004)] == PK
+    both(SMALL, "vmalloc 1 4\nset_memory rox 1\n", policy, expect)
 
 
 # --- rox_collapse (6.15, 41d88484c71c) ------------------------------------------------------

@@ -142,12 +142,16 @@ def test_who_asks_for_gfp_unmapped_among_traced_allocations():
     from dmsim.trace import events as E
 
     # secretmem_fault(): the page it allocated is unmapped first; a one-page
-    # module_alloc() area (alloc_pages() shows it) is made read-only first
+    # module_alloc() area (alloc_pages() shows it) is made read-only first. The
+    # first call splits the 2M leaf: split_large_page()'s table page (0x70000) is
+    # the allocation that follows it, and no user's
     t = to_simulated_placement(trace(
-        alloc(0x50000), alias(0x50000, clr=3),
+        alloc(0x50000), alias(0x50000, clr=3), alloc(0x70000),
         alloc(0x50001), alias(0x50001), alias(0x50001, clr=3),
         alloc(0x50002), cpa(0x50002, clr=0x8000000000000000)))
-    groups = [(e[3] >> E.UNMAPPED_SHIFT) & 0xF for e in handle_events(t) if e[0] == E.EV_H_ALLOC]
+    allocs = [e[3] for e in handle_events(t) if e[0] == E.EV_H_ALLOC]
+    assert [bool(f & E.H_PT_PAGE) for f in allocs] == [False, True, False, False]
+    groups = [(f >> E.UNMAPPED_SHIFT) & 0xF for f in allocs if not f & E.H_PT_PAGE]
     assert groups == [E.UNMAPPED_SECRETMEM, E.UNMAPPED_MODULE, E.UNMAPPED_NONE]
 
 

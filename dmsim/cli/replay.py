@@ -39,10 +39,12 @@ FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
               help="Compare with every kernel checkpoint in the trace; exit 1 on any mismatch.")
 @lenient_option
 @machine_option
-@click.option("--placement", type=click.Choice(("recorded", "simulate")), default="recorded",
-              show_default=True,
+@click.option("--placement", type=click.Choice(("recorded", "simulate", "shadow")),
+              default="recorded", show_default=True,
               help="recorded: pages stay where the trace says; simulate: the simulated 6.1 "
-                   "allocator places every traced allocation (docs/design-simulated-placement.md).")
+                   "allocator places every traced allocation (docs/design-simulated-placement.md); "
+                   "shadow: it guesses each one, is scored against the kernel's pfn, and "
+                   "follows the kernel (a report of hit rates; `shadow` in --format json).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--policy", metavar="SPEC", callback=policy_callback,
@@ -68,7 +70,18 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
     t = load_trace(trace, lenient=lenient, machine=machine)
     from ..simulate import names_allocations_by_handle
 
-    if placement == "simulate":
+    if placement == "shadow":
+        if names_allocations_by_handle(t):
+            die("--placement shadow scores the allocator against the kernel's pfns: it needs "
+                "a recorded trace (ftrace text), and this one names allocations by handle",
+                EXIT_BAD_INPUT)
+        if policy is not None and policy.name != "baseline":
+            raise click.BadParameter("shadow placement scores the baseline (Linux 6.1) "
+                                     "allocator; drop --policy", param_hint="'--policy'")
+        from ..trace.retarget import to_simulated_placement
+
+        t = to_simulated_placement(t)
+    elif placement == "simulate":
         from ..trace.retarget import to_simulated_placement
 
         if not names_allocations_by_handle(t):  # (if it does, it is simulated already)
@@ -80,17 +93,29 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
             "recorded trace it needs --placement simulate", param_hint="'--policy'")
     sim_policy = core_policy(policy, names_allocations_by_handle(t),
                              lambda w: err.print(f"[yellow]warning:[/yellow] {w}"))
+    if placement == "shadow":
+        from ..simulate import shadow
+
+        def run(prog):
+            return shadow(t, prog)
+    else:
+        def run(prog):
+            return simulate(t, prog, policy=sim_policy)
     show = err.is_terminal if progress is None else progress
     if show:
         from rich.progress import Progress
 
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("replaying", total=max(len(t.events), 1))
-            r = simulate(t, lambda done, total: bar.update(task, completed=done),
-                         policy=sim_policy)
+            r = run(lambda done, total: bar.update(task, completed=done))
     else:
-        r = simulate(t, policy=sim_policy)
+        r = run(None)
     res = build_result(r)
+    shadow_rep = None
+    if r.shadow is not None:
+        from ..report.shadow import shadow_report
+
+        shadow_rep = shadow_report(r)
     for w in res.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
 
@@ -107,6 +132,8 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         if r.buddy is not None:
             doc["allocator"] = r.buddy.counters()
         doc["policy"] = (policy or BASELINE).to_json()
+        if shadow_rep is not None:
+            doc["shadow"] = shadow_rep
         out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     elif verify:
         _print_verify(res)
@@ -118,6 +145,10 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
 
             out.write(vmstat_lines(r.buddy))
         out.write(vmstat_text(r.counters, policy))
+    if shadow_rep is not None and fmt in ("vmstat", "meminfo") and not verify:
+        from ..report.shadow import shadow_text
+
+        out.write("\n" + shadow_text(shadow_rep))
     breaches = []
     if gates:
         from ..gates import evaluate

@@ -107,6 +107,8 @@ Z_WMARK_MIN = 8  # _watermark[WMARK_MIN] (0: watermarks not modelled)
 Z_WMARK_LOW = 9  # _watermark[WMARK_LOW]
 Z_LOWMEM_RESERVE = 10  # lowmem_reserve[j] for j = this + 1 .. (3 columns)
 Z_UNMAPPED_COLLAPSE = 13  # copy of cfg[C_UNMAPPED_COLLAPSE] where __free_one_page() sees it
+Z_PCP_BATCH_SETUP = 14  # while the boot pageset is on: the batch setup_per_cpu_pageset() sets
+Z_PCP_HIGH_SETUP = 15  # ... and the high (core/pretrace.py)
 NR_ZONE_FIELDS = 16
 
 # cfg switches
@@ -135,6 +137,8 @@ S_BAD_FREE = 14  # free of a pfn that is not the head of an allocated block of t
 S_NR_ALLOC = 15  # successful allocations
 S_NR_FREE_CALLS = 16  # frees
 S_PB_LOG_OVERFLOW = 17  # collapse variant: pageblocks the log had no room for (a bug if > 0)
+S_PRETRACE_PAGES = 18  # pages allocated before the trace began (core/pretrace.py)
+S_PRETRACE_MISS = 19  # pretrace_fill() calls that found no count reaching their target
 S_PB_LOG_LEN = 23  # collapse variant: pageblocks given back to MOVABLE since last read
 S_PB_LOG = 24  # ... their indexes, from here
 PB_LOG_CAPACITY = 256
@@ -144,7 +148,7 @@ STAT_NAMES = {
     "pgalloc_dma": 3, "pgalloc_dma32": 4, "pgalloc_normal": 5, "pgfree": 6,
     "alloc_fail": 7, "alloc_fail_pages": 8, "extfrag": 9, "extfrag_fragmenting": 10,
     "pageblock_claimed": 11, "pcp_refill": 12, "pcp_drain": 13, "bad_free": 14,
-    "nr_alloc": 15, "nr_free_calls": 16,
+    "nr_alloc": 15, "nr_free_calls": 16, "pretrace_pages": 18, "pretrace_miss": 19,
 }
 
 # The 6.1 fallbacks[] table (mm/page_alloc.c), -1 where it says MIGRATE_TYPES.

@@ -36,7 +36,9 @@ from .state import (
     ENTRY_TABLE,
     P_GBPAGES,
     P_HAVE_KERNEL,
+    P_HIGHMAP_END_PFN,
     P_HIGHMAP_PFN,
+    P_HIGHMAP_START_PFN,
     P_HIGHMAP_VPFN,
     P_MAX_PFN_MAPPED,
     P_RODATA_EPFN,
@@ -404,7 +406,12 @@ def init_mem_mapping(machine: Machine) -> DirectMapState:
         p[P_TEXT_RO_LAST] = to_vpfn(k.end_rodata_hpage_align - 1)
         p[P_RODATA_SPFN] = k.pa(k.start_rodata) >> PAGE_SHIFT
         p[P_RODATA_EPFN] = (k.pa(k.end_rodata) >> PAGE_SHIFT) - 1
+        # __cpa_pfn_in_highmap(); _brk_end is not recorded: _end, which follows
+        # __brk_limit, rounds up to the same 2M boundary unless brk ends below it
+        p[P_HIGHMAP_START_PFN] = k.pa(k.text) >> PAGE_SHIFT
+        p[P_HIGHMAP_END_PFN] = k.pa((k.end + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) >> PAGE_SHIFT
     else:
+        p[P_HIGHMAP_START_PFN] = p[P_HIGHMAP_END_PFN] = -1
         p[P_TEXT_START] = p[P_TEXT_LAST] = p[P_TEXT_RO_LAST] = -1
         p[P_RODATA_SPFN] = p[P_RODATA_EPFN] = -1
     st.pfn_mapped = np.array(boot.pfn_mapped, dtype=np.int64).reshape(-1, 2)

@@ -36,6 +36,7 @@ from .buddy import (
     PAGEBLOCK_ORDER,
     S_PB_LOG,
     S_PB_LOG_LEN,
+    S_PRETRACE_MISS,
     claim_block,
     move_freepages_block,
     page_zonenum,
@@ -43,6 +44,8 @@ from .buddy import (
 from .buddy import alloc_pages as _alloc_pages
 from .buddy import free_pages as _free_pages
 from .cpa import NX, ZERO, cpa_apply, set_direct_map_pmd
+from .pretrace import pretrace_fill, setup_per_cpu_pageset
+from .shadow import shadow_decide
 from .zones import ZONE_NORMAL
 
 # mirrored from dmsim/trace/events.py (tests/test_events.py pins them)
@@ -56,12 +59,17 @@ EV_H_VMALLOC = 9
 EV_H_VFREE = 10
 EV_H_CPA = 11
 EV_H_CLAIM = 12
+EV_H_FILL = 14
+EV_H_PCP_SETUP = 15
+FILL_BOOT_PAGESET = 1 << 16
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
 CPAF_RAW = 4
 CPAF_COLLAPSE = 8
 VFREE_RESET_PERMS = 1
 UNMAPPED_SHIFT = 12
+H_RECORDED = 1 << 16
+H_PT_PAGE = 1 << 17
 
 # allocation policies (dmsim/policy.py ALLOC_POLICIES)
 ALLOC_BASELINE = 0
@@ -70,6 +78,10 @@ ALLOC_UNMAPPED_CACHE = 2
 # pol[] (an int64 array the loop takes)
 POL_ALLOC = 0
 POL_UNMAPPED_MASK = 1  # 1 << group for each user group that asks for __GFP_UNMAPPED
+# cpa_process_alias()'s masks: 0 = Linux 6.1, the alias call copies them whole;
+# 1 = 6.2 and later, commit 127960a05548 "x86/mm: Inhibit _PAGE_NX changes from
+# cpa_process_alias()" clears _PAGE_NX from both (the direct map stays NX)
+POL_ALIAS_NO_NX = 2
 NR_POL = 4
 
 # The allocator's entry points, inlined into this loop only: a call of an njit
@@ -414,6 +426,32 @@ def alloc_hook(zone, order, mt, group, dm, buddy, row_pfn, pud_pfn, pol, uc):
 
 
 @njit(cache=True, inline="always")
+def alias_masks(mask_set, mask_clr, pol):
+    """cpa_process_alias(): alias_cpa = *cpa, masks and all (6.1); from 6.2 on without
+    _PAGE_NX (POL_ALIAS_NO_NX)."""
+    if pol[POL_ALIAS_NO_NX] != 0:
+        return mask_set & ~NX, mask_clr & ~NX
+    return mask_set, mask_clr
+
+
+@njit(cache=True)
+def highmap_alias(pfn, n, mask_set, mask_clr, force, dm, buddy, row_pfn, pud_pfn, pol, uc):
+    """cpa_process_alias()'s second branch: a primary call on direct-map pages that
+    the kernel image's high mapping also maps (__cpa_pfn_in_highmap(): freed init and
+    gap pages reach the allocator) changes that alias too, primary 0. One call per
+    run of such pages (the kernel makes one per step of the primary call; a run
+    splits the same high-map leaves)."""
+    params = dm[8]
+    lo = max(pfn, params[S.P_HIGHMAP_START_PFN])
+    hi = min(pfn + n - 1, params[S.P_HIGHMAP_END_PFN])  # within_inclusive()
+    if params[S.P_HAVE_KERNEL] == 0 or lo > hi:
+        return
+    ams, amc = alias_masks(mask_set, mask_clr, pol)
+    vpfn = params[S.P_HIGHMAP_VPFN] + lo - params[S.P_HIGHMAP_PFN]
+    _cpa(vpfn, hi - lo + 1, ams, amc, force, dm, buddy, row_pfn, pud_pfn, pol, uc)
+
+
+@njit(cache=True, inline="always")
 def h_pages(h_kind, h_len, h):
     """Pages behind a handle (0 when it is not live)."""
     if h_kind[h] == H_PAGES:
@@ -442,13 +480,16 @@ def event_need(k, h, a1, h_kind, h_len):
 @njit(cache=True, inline="always")
 def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                   h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn, uc,
-                  hooks):
+                  sh, hooks, shadow):
     """Apply events[start:stop] with simulated placement. Returns the index it
     stopped at: stop, or earlier when the pte pool or the page-table log
     cannot hold the next event's worst case (the caller grows them and calls
     again). `hooks` is a constant of each compiled copy (place_events_plain /
     place_events_hooked): the allocation policy hooks' call sites, even never
-    taken, cost the plain loop a quarter of its speed (4.4 -> 3.2 M events/s)."""
+    taken, cost the plain loop a quarter of its speed (4.4 -> 3.2 M events/s).
+    `shadow` (place_events_shadow): each allocation the kernel's trace placed
+    (H_RECORDED) is guessed by the allocator, logged, and moved to the kernel's
+    block (core/shadow.py)."""
     (pud_state, pud_prot, pmd_state, pmd_prot, pmd_table, pte, nr_tables, counters, params,
      pfn_mapped) = dm
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
@@ -466,6 +507,8 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
         elif k == EV_H_ALLOC:
             order = arg1[i]
             f = flags[i]
+            if f & H_PT_PAGE:
+                continue  # split_large_page()'s table: the call above took its own
             group = (f >> UNMAPPED_SHIFT) & 0xF
             if hooks and (pol[POL_UNMAPPED_MASK] >> group) & 1:
                 pfn = alloc_hook((f >> 8) & 0xF, order, f & 0xFF, group, dm, buddy, row_pfn,
@@ -474,6 +517,9 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
                 pfn = alloc_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
                                   pcp_ends, zone_info, stats, fallbacks, cfg, (f >> 8) & 0xF,
                                   order, f & 0xFF)
+            if shadow and f & H_RECORDED:
+                pfn = shadow_decide(i, pfn, np.int64(mask_set[i]), (f >> 8) & 0xF, order,
+                                    f & 0xFF, 0, buddy, sh)
             if pfn >= 0:
                 h_kind[h] = H_PAGES
                 h_base[h] = pfn
@@ -488,6 +534,12 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
                 h_len[h] = arg1[i]
             else:
                 counters[C.NR_HANDLE_ERRORS] += 1
+        elif k == EV_H_FILL:  # allocations from before the trace began
+            if pretrace_fill(buddy, h, (flags[i] >> 8) & 0xF, flags[i] & 0xFF, arg1[i],
+                             (flags[i] & FILL_BOOT_PAGESET) != 0) < 0:
+                stats[S_PRETRACE_MISS] += 1
+        elif k == EV_H_PCP_SETUP:
+            setup_per_cpu_pageset(zone_info)
         elif k == EV_H_FREE:
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
@@ -515,6 +567,10 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
                                                  free_count, pcp_ends, zone_info, stats,
                                                  fallbacks, cfg, ZONE_NORMAL, 0,
                                                  MIGRATE_UNMOVABLE)
+                if shadow and sh[0][base + j] >= 0:
+                    pool[base + j] = shadow_decide(i, pool[base + j], sh[0][base + j],
+                                                   ZONE_NORMAL, 0, MIGRATE_UNMOVABLE, 1,
+                                                   buddy, sh)
             h_kind[h] = H_VMALLOC
             h_base[h] = base
             h_len[h] = n
@@ -561,17 +617,20 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
                     primary = (flags[i] & CPAF_PRIMARY) != 0
                 cf = force | (flags[i] & CPAF_COLLAPSE) | (CPAF_PRIMARY if primary else 0)
                 _cpa(h_base[h] + first, n, ms, mc, cf, dm, buddy, row_pfn, pud_pfn, pol, uc)
+                if primary:
+                    highmap_alias(h_base[h] + first, n, ms, mc, force, dm, buddy, row_pfn,
+                                  pud_pfn, pol, uc)
             elif h_kind[h] == H_VMALLOC:
                 if first + n > h_len[h]:
                     counters[C.NR_HANDLE_ERRORS] += 1
                     continue
                 if not checkalias:
                     continue  # NX only: the vmalloc mapping changes, no alias is processed
+                ams, amc = alias_masks(ms, mc, pol)
                 for j in range(first, first + n):  # cpa_process_alias(), one per 4K step
                     pfn = pool[h_base[h] + j]
                     if pfn >= 0:  # alias calls never collapse
-                        _cpa(pfn, 1, ms & ~NX, mc & ~NX, force, dm, buddy, row_pfn, pud_pfn,
-                             pol, uc)
+                        _cpa(pfn, 1, ams, amc, force, dm, buddy, row_pfn, pud_pfn, pol, uc)
             else:
                 counters[C.NR_HANDLE_ERRORS] += 1
         elif k == EV_SYSTEM_RUNNING:
@@ -586,19 +645,30 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
 @njit(cache=True)
 def place_events_plain(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                        h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn,
-                       uc):
+                       uc, sh):
     """_place_events() with no allocation policy hook (baseline allocation)."""
     return _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                          h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn,
-                         pud_pfn, uc, False)
+                         pud_pfn, uc, sh, False, False)
 
 
 @njit(cache=True)
 def place_events_hooked(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                         h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn,
-                        uc):
+                        uc, sh):
     """_place_events() with the allocation policy's hooks (migrate_unmapped,
     unmapped_alloc)."""
     return _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
                          h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn,
-                         pud_pfn, uc, True)
+                         pud_pfn, uc, sh, True, False)
+
+
+@njit(cache=True)
+def place_events_shadow(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                        h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn, pud_pfn,
+                        uc, sh):
+    """_place_events() scoring baseline allocation against the kernel's
+    (--placement shadow)."""
+    return _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, buddy,
+                         h_kind, h_base, h_len, pool, pool_used, snapshots, pol, row_pfn,
+                         pud_pfn, uc, sh, False, True)

@@ -31,6 +31,8 @@ P_HAVE_KERNEL = 8  # 1 when the kernel image's bounds are known
 P_MERGE_POLICY = 9  # MERGE_NONE / MERGE_CPA / MERGE_ROX (docs/design-policies.md)
 P_PT_LOG = 10  # 1: log page-table pages allocated and freed (simulated placement)
 P_GBPAGES = 11  # direct_gbpages (collapse_pud_page() needs it)
+P_HIGHMAP_START_PFN = 12  # highmap_start_pfn(): __pa_symbol(_text) >> PAGE_SHIFT
+P_HIGHMAP_END_PFN = 13  # highmap_end_pfn(): __pa_symbol(roundup(_brk_end, PMD_SIZE)) >> PAGE_SHIFT
 NR_PARAMS = 16
 
 MERGE_NONE = 0

@@ -389,6 +389,8 @@ class ReferencePlacement:
             # (set_memory_rox()) cpa_flush() collapses this very range
             self.cpa(pfn + first, n, mask_set, mask_clr, primary, force,
                      bool(flags & CPAF_COLLAPSE) and primary)
+            if primary:
+                self._highmap_alias(pfn + first, n, mask_set, mask_clr, force)
         else:
             pfns = entry[1]
             if first + n > len(pfns):
@@ -396,9 +398,34 @@ class ReferencePlacement:
                 return
             if not checkalias:
                 return  # NX only: the vmalloc mapping changes, no alias is processed
+            a_set, a_clr = self._alias_masks(mask_set, mask_clr)
             for j in range(first, first + n):  # cpa_process_alias(), one per 4K step
                 if pfns[j] >= 0:
-                    self.cpa(pfns[j], 1, mask_set & ~NX, mask_clr & ~NX, False, force)
+                    self.cpa(pfns[j], 1, a_set, a_clr, False, force)
+
+    def _alias_masks(self, mask_set: int, mask_clr: int) -> tuple[int, int]:
+        """alias_cpa = *cpa: 6.1 keeps the masks; 6.2+ (127960a05548) drops _PAGE_NX."""
+        if self.policy.merge == "rox_collapse":  # a 6.15 policy: the later kernel's rule
+            return mask_set & ~NX, mask_clr & ~NX
+        return mask_set, mask_clr
+
+    def _highmap_alias(self, pfn: int, n: int, mask_set: int, mask_clr: int,
+                       force: bool) -> None:
+        """cpa_process_alias(), x86-64 branch: the pfns the kernel image's high mapping
+        covers, [__pa_symbol(_text), __pa_symbol(roundup(_brk_end, 2M))] inclusive
+        (_brk_end taken as _end), are changed there too, primary 0."""
+        k = self.machine.kernel
+        if k is None:
+            return
+        start = k.pa(k.text) >> 12
+        end = k.pa(-(-k.end // (2 << 20)) * (2 << 20)) >> 12
+        pfns = [p for p in range(pfn, pfn + n) if start <= p <= end]
+        if pfns:
+            # high-map address of pfn: (pfn << 12) + __START_KERNEL_map - phys_base
+            phys_base = k.phys_base - (1 << 64) if k.phys_base >> 63 else k.phys_base
+            vpfn = self.machine.highmap_vpfn() + pfns[0] - (phys_base >> 12)
+            a_set, a_clr = self._alias_masks(mask_set, mask_clr)
+            self.cpa(vpfn, len(pfns), a_set, a_clr, False, force)
 
     def run(self, trace: Trace) -> ReferencePlacement:
         ev = trace.events

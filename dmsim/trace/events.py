@@ -34,6 +34,11 @@ EV_H_CLAIM = 12  # arg0 handle, arg1 order, mask_set pfn: a block allocated befo
 # (its alias calls follow as their own events); it tells which alias calls belong to
 # which vmalloc area (trace/retarget.py). arg0 vaddr >> PAGE_SHIFT, arg1 numpages.
 EV_VCPA = 13
+# arg0 the kernel's first traced pfn, arg1 a limit in pages, flags mt | zone << 8: the
+# allocations made before the trace's events were on (core/pretrace.py), inferred
+EV_H_FILL = 14
+FILL_BOOT_PAGESET = 1 << 16  # EV_H_FILL flags: the boot pageset stays on until EV_H_PCP_SETUP
+EV_H_PCP_SETUP = 15  # setup_per_cpu_pageset(): the pcp lists get their batch and high
 VFREE_RESET_PERMS = 1  # the area has VM_FLUSH_RESET_PERMS (module, BPF memory)
 CPAF_RAW = 4  # EV_H_CPA: a recorded call moved onto the handle's pages, applied as recorded
 
@@ -44,6 +49,9 @@ CPAF_COLLAPSE = 8  # CPA_COLLAPSE (6.15 set_memory_rox): collapse the range afte
 # Who would ask for __GFP_UNMAPPED (docs/design-policies.md): EV_H_ALLOC and
 # EV_H_VMALLOC flags bits 12-15; a policy's unmapped_users picks the groups.
 UNMAPPED_SHIFT = 12
+# EV_H_ALLOC flags of a recorded trace under --placement simulate (trace/retarget.py)
+H_RECORDED = 1 << 16  # mask_set holds the pfn the kernel gave this allocation
+H_PT_PAGE = 1 << 17  # split_large_page()'s page-table page: the core allocates its own
 UNMAPPED_NONE = 0
 UNMAPPED_SECRETMEM = 1  # memfd_secret pages
 UNMAPPED_MODULE = 2  # module_alloc()
@@ -135,3 +143,9 @@ class Trace:
     events: EventArrays
     checkpoints: list[Checkpoint] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # the source line of each event (0: an event the reader made up, e.g. a
+    # start_kernel() call); None when the reader does not keep them
+    lines: np.ndarray | None = None
+    # --placement simulate of a recorded trace: the pfn the kernel gave each vmalloc
+    # page, in the order EV_H_VMALLOC events take them (-1: not known); None otherwise
+    vmalloc_pfns: np.ndarray | None = None

@@ -217,6 +217,24 @@ def _machine_from_trace(path, e820, kallsyms, phys_base, meminfo_seen) -> Machin
     return m
 
 
+def _duplicate_frees(kind, fields) -> np.ndarray:
+    """The mm_page_free_batched lines whose page's last kmem event is an
+    mm_page_free: free_unref_page_list() traced it in free_pages_prepare() already
+    (a per-line bool)."""
+    mem = np.nonzero((kind == SCAN_ALLOC) | (kind == SCAN_FREE))[0]
+    out = np.zeros(kind.shape[0], bool)
+    if not len(mem):
+        return out
+    pfn = fields[mem, 0]
+    by_page = mem[np.lexsort((mem, pfn))]  # per pfn, in line order
+    is_batched = (kind[by_page] == SCAN_FREE) & (fields[by_page, 3] == 1)
+    prev_plain_free = np.zeros(len(by_page), bool)
+    prev_plain_free[1:] = ((fields[by_page[1:], 0] == fields[by_page[:-1], 0])
+                           & (kind[by_page[:-1]] == SCAN_FREE) & (fields[by_page[:-1], 3] == 0))
+    out[by_page[is_batched & prev_plain_free]] = True
+    return out
+
+
 def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -> Trace:
     """Merge scanned events and markers in line order; turn virtual addresses
     into vpfns; CPA calls on vmalloc space become EV_VCPA markers (their alias
@@ -247,7 +265,11 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     vpfn = np.where(vm, (vaddr >> u(PAGE_SHIFT)).astype(np.int64), vpfn)
     keep_ev = keep | vm
 
-    mem_li = np.nonzero((kind == SCAN_ALLOC) | (kind == SCAN_FREE))[0]
+    # free_unref_page_list() (6.1, and since 4.15) traces each page it frees twice:
+    # trace_mm_page_free() in free_pages_prepare(), then trace_mm_page_free_batched()
+    # before free_unref_page_commit(), with no allocation between: one free, kept once
+    batched = _duplicate_frees(kind, fields)
+    mem_li = np.nonzero((kind == SCAN_ALLOC) | ((kind == SCAN_FREE) & ~batched))[0]
     mk = np.array([m[0] for m in markers], np.int64)
     li = np.concatenate([cpa_li[keep_ev], mem_li, mk])
     ev_kind = np.concatenate([np.where(vm[keep_ev], EV_VCPA, EV_CPA).astype(np.uint8),
@@ -266,8 +288,13 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
                           np.zeros(len(markers), np.int32)])
     alias = np.concatenate([(direct & ~primary)[keep_ev], np.ones(len(mem_li), bool),
                             np.zeros(len(markers), bool)])  # what may sit inside a call
+    # kmem events of the idle task: start_kernel() before rest_init() (the boot pageset)
+    by_pid0 = np.concatenate([np.zeros(int(keep_ev.sum()), bool), fields[mem_li, 4] == 1,
+                              np.zeros(len(markers), bool)])
     order = np.argsort(li, kind="stable")
+    by_pid0 = by_pid0[order]
     cols = [c[order] for c in (ev_kind, arg0, arg1, mset, mclr, flg)]
+    cols.append(li[order] + 1)  # source lines, 1-based
     alias = alias[order]
 
     k = machine.kernel
@@ -286,12 +313,20 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
         if len(hit):
             after = np.nonzero(~alias[hit[0] + 1:])[0]
             at = hit[0] + 1 + (after[0] if len(after) else len(alias) - hit[0] - 1)
-            cols = [np.insert(c, at, v) for c, v in zip(cols, (EV_KERNEL_RO, 0, 0, 0, 0, 0), strict=True)]
+            cols = [np.insert(c, at, v) for c, v in zip(cols, (EV_KERNEL_RO, 0, 0, 0, 0, 0, 0), strict=True)]
+            by_pid0 = np.insert(by_pid0, at, False)
     pre = b.finish()
+    lines = np.concatenate([np.zeros(len(pre), np.int64), cols.pop()])
+    # setup_per_cpu_pageset() runs in start_kernel() before rest_init() starts the
+    # first other task: the boot pageset ends before that task's first page event
+    mem = np.nonzero(((cols[0] == EV_ALLOC) | (cols[0] == EV_FREE)) & ~by_pid0)[0]
+    pcp_setup = int(mem[0]) + len(pre) if len(mem) and by_pid0.any() else None
     ev = EventArrays(*(np.concatenate([p, c]).astype(p.dtype) for p, c in zip(pre.columns(), cols, strict=True)))
-    t = Trace(machine=machine, events=ev, checkpoints=checkpoints)
+    t = Trace(machine=machine, events=ev, checkpoints=checkpoints, lines=lines)
     t.meta["cpa_vmalloc"] = int(vm.sum())
     t.meta["cpa_outside_ram"] = int(outside.sum())
     t.meta["cpa_array_calls"] = int((array & keep).sum())
+    t.meta["batched_frees"] = int(batched.sum())
+    t.meta["pcp_setup_event"] = pcp_setup  # first page event after setup_per_cpu_pageset()
     t.meta["preboot_calls"] = preboot  # where idt_table/.smp_locks came from ("" = not modelled)
     return t

@@ -18,6 +18,7 @@ SCAN_FREE = 3  # kmem:mm_page_free, kmem:mm_page_free_batched
 SCAN_CPA = 4  # the dmsim/cpa kprobe
 
 NAMES = (b"mm_page_alloc", b"mm_page_free", b"mm_page_free_batched", b"cpa", b"dmsim/cpa")
+NAME_FREE_BATCHED = 2  # its fields[3] is 1: a page free_unref_page_list() traced twice
 NAME_KIND = (SCAN_ALLOC, SCAN_FREE, SCAN_FREE, SCAN_CPA, SCAN_CPA)
 # fields per kind, in column order of the output array
 KEYS_KMEM = (b"pfn", b"order", b"migratetype")
@@ -153,6 +154,21 @@ def _gfp_zone(buf, s, e):
 
 
 @njit(cache=True)
+def _by_pid0(buf, s, e):
+    """1 when the line's TASK-PID (the token before the first '[') ends in "-0":
+    the idle task, which runs start_kernel() on the boot CPU."""
+    p = s
+    while p < e and buf[p] != 91:  # '['
+        p += 1
+    q = p - 1
+    while q > s and buf[q] == 32:
+        q -= 1
+    if q > s and buf[q] == 48 and buf[q - 1] == 45:  # "-0"
+        return np.uint64(1)
+    return np.uint64(0)
+
+
+@njit(cache=True)
 def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_req):
     """(kind int8[n], start int64[n], fields uint64[n, 8]) for the n lines."""
     nlines = count_lines(buf)
@@ -204,6 +220,9 @@ def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_r
                                     k = nk
                                     if nk == SCAN_ALLOC:
                                         fields[li, 3] = _gfp_zone(buf, ne + 1, e)
+                                    elif r == NAME_FREE_BATCHED:
+                                        fields[li, 3] = 1
+                                    fields[li, 4] = _by_pid0(buf, s, ns)
                                 break
         kind[li] = k
         li += 1

@@ -3,7 +3,10 @@ events by handle, so that the simulated allocator decides where every traced
 allocation lands (docs/design-simulated-placement.md).
 
 - mm_page_alloc -> EV_H_ALLOC of a new handle with the recorded order,
-  migratetype and gfp_zone() (from gfp_flags);
+  migratetype and gfp_zone() (from gfp_flags), and the pfn the kernel gave it
+  (H_RECORDED: what --placement shadow compares with); the page-table pages
+  split_large_page() allocated are marked H_PT_PAGE: the core's own splits
+  take theirs, at the same moment (table_pages());
 - mm_page_free of a live block -> EV_H_FREE; of a block no traced allocation
   made -> that block was allocated before the trace began: EV_H_CLAIM keeps it
   where it was, from the start;
@@ -40,10 +43,15 @@ from .events import (
     EV_H_ALLOC,
     EV_H_CLAIM,
     EV_H_CPA,
+    EV_H_FILL,
     EV_H_FREE,
+    EV_H_PCP_SETUP,
     EV_H_VFREE,
     EV_H_VMALLOC,
     EV_VCPA,
+    FILL_BOOT_PAGESET,
+    H_PT_PAGE,
+    H_RECORDED,
     UNMAPPED_BPF,
     UNMAPPED_MODULE,
     UNMAPPED_SECRETMEM,
@@ -75,8 +83,8 @@ def to_simulated_placement(trace: Trace) -> Trace:
     # has no mm_page_alloc event): it is dropped and counted.
     live = {}  # head pfn -> order
     touched = np.zeros(nr_pfns, bool)
-    pre: list[tuple[int, int]] = []
-    for k, pfn, order in zip(kind, a0, a1, strict=True):
+    pre: list[tuple[int, int, int]] = []
+    for i, (k, pfn, order) in enumerate(zip(kind, a0, a1, strict=True)):
         if k == EV_ALLOC:
             live[pfn] = order
             touched[pfn:pfn + (1 << order)] = True
@@ -86,23 +94,38 @@ def to_simulated_placement(trace: Trace) -> Trace:
             elif in_area[pfn:pfn + (1 << order)].any():
                 continue  # a vmalloc area's page: freed by its EV_H_VFREE
             elif not touched[pfn:pfn + (1 << order)].any():
-                pre.append((pfn, order))
+                pre.append((pfn, order, i))
                 touched[pfn:pfn + (1 << order)] = True
 
+    pt_page = table_pages(trace)
     b = EventBuilder(len(ev) + len(pre) + 16)
+    src: list[int] = []  # per row of b: the event of `trace` it comes from
     owner = np.full(nr_pfns, -1, np.int64)  # recorded pfn -> handle
     base = {}  # handle -> recorded head pfn
     h_next = 0
     pre_handle = {}
-    for pfn, order in pre:  # claimed first, at their recorded place
+    for pfn, order, at in pre:  # claimed first, at their recorded place
         if pfn in pre_handle or owner[pfn] >= 0:
             continue
         h = h_next
         h_next += 1
         b.append(EV_H_CLAIM, h, order, pfn, 0, 0)
+        src.append(at)
         owner[pfn:pfn + (1 << order)] = h
         base[h] = pfn
         pre_handle[pfn] = h
+    fill = pretrace_target(trace, pt_page)
+    # just before the first page event: after the calls the reader made up for
+    # start_kernel() before the kprobe existed (their table pages are traced
+    # allocations, which follow the fill)
+    pages = np.nonzero((ev.kind == EV_ALLOC) | (ev.kind == EV_FREE))[0]
+    fill_at = int(pages[0]) if len(pages) else len(kind)
+    pcp_setup = trace.meta.get("pcp_setup_event")
+    if fill is not None and pcp_setup is not None:
+        if pcp_setup < fill_at:
+            pcp_setup = None
+        else:  # the boot pageset stays on until then
+            fill = fill[:4] + (fill[4] | FILL_BOOT_PAGESET,)
     dropped = 0
     alloc_row = {}  # handle -> its EV_H_ALLOC row in b (flags get the user group)
     secretmem = set()
@@ -112,9 +135,15 @@ def to_simulated_placement(trace: Trace) -> Trace:
     area_now = {}  # pfn -> the live area it backs
     area_freed = {}  # area index -> pages freed so far
     vmalloc_pages = 0
+    vmalloc_pfns: list[np.ndarray] = []  # the kernel's pfn of each vmalloc page, pool order
     ms_col = ev.mask_set.tolist()
     mc_col = ev.mask_clr.tolist()
     for i, k in enumerate(kind):
+        src.extend([i - 1] * (b.n - len(src)))  # rows the last event appended
+        if fill is not None and i == fill_at:
+            b.append(EV_H_FILL, *fill)
+        if fill is not None and i == pcp_setup:
+            b.append(EV_H_PCP_SETUP)
         for a in first_event.get(i, ()):  # module_alloc() just before its first alias call
             h = h_next
             h_next += 1
@@ -123,6 +152,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
             area_handle[a] = h
             area_freed[a] = 0
             vmalloc_pages += len(pages)
+            vmalloc_pfns.append(pages)
             for p in pages.tolist():
                 area_now[p] = a
         if k == EV_CPA and a1[i] == 1 and a0[i] in area_now and not fl[i] & CPAF_PRIMARY:
@@ -141,7 +171,10 @@ def to_simulated_placement(trace: Trace) -> Trace:
             pfn, order = a0[i], a1[i]
             h = h_next
             h_next += 1
-            alloc_row[h] = b.append(EV_H_ALLOC, h, order, 0, 0, fl[i])  # mt | gfp_zone() << 8
+            if pt_page[i]:  # the core's split takes its own table page
+                b.append(EV_H_ALLOC, h, order, pfn, 0, fl[i] | H_RECORDED | H_PT_PAGE)
+                continue
+            alloc_row[h] = b.append(EV_H_ALLOC, h, order, pfn, 0, fl[i] | H_RECORDED)
             owner[pfn:pfn + (1 << order)] = h
             base[h] = pfn
         elif k == EV_FREE:
@@ -165,17 +198,93 @@ def to_simulated_placement(trace: Trace) -> Trace:
             _cpa_runs(b, owner, base, a0[i], a1[i], ms_col[i], mc_col[i], fl[i])
         else:
             b.append(k, a0[i], a1[i], ms_col[i], mc_col[i], fl[i])
+    src.extend([len(kind) - 1] * (b.n - len(src)))
     events = b.finish()
     for h in secretmem:
         events.flags[alloc_row[h]] |= UNMAPPED_SECRETMEM << UNMAPPED_SHIFT
     for h in one_page_areas:
         events.flags[alloc_row[h]] |= UNMAPPED_MODULE << UNMAPPED_SHIFT
-    out = Trace(machine=m, events=events, checkpoints=trace.checkpoints, meta=dict(trace.meta))
+    lines = None
+    if trace.lines is not None:
+        lines = trace.lines[np.array(src, np.int64)] if src else np.zeros(0, np.int64)
+    pool = np.concatenate(vmalloc_pfns) if vmalloc_pfns else np.zeros(0, np.int64)
+    out = Trace(machine=m, events=events, checkpoints=trace.checkpoints, meta=dict(trace.meta),
+                lines=lines, vmalloc_pfns=pool.astype(np.int64))
     out.meta.update({"placement": "simulate", "handles": h_next, "vmalloc_pages": vmalloc_pages,
                      "preexisting_blocks": len(pre_handle), "untraced_frees": dropped,
                      "vmalloc_areas": len(areas), "secretmem_allocations": len(secretmem),
+                     "page_table_pages": int(pt_page.sum()),
                      "one_page_vmalloc_areas": len(one_page_areas)})
     return out
+
+
+def pretrace_target(trace: Trace, pt_page: np.ndarray):
+    """EV_H_FILL's columns (core/pretrace.py) for a trace recorded from boot: the
+    first traced order-0 unmovable allocation is where the allocations made
+    before trace_init() left off. None for a trace that starts on a running
+    system (its system_running marker comes before any allocation)."""
+    from .events import EV_SYSTEM_RUNNING
+
+    ev = trace.events
+    k = ev.kind
+    running = np.nonzero(k == EV_SYSTEM_RUNNING)[0]
+    allocs = np.nonzero((k == EV_ALLOC) & ~pt_page)[0]
+    if not len(allocs) or not len(running) or running[0] < allocs[0]:
+        return None
+    first = allocs[(ev.arg1[allocs] == 0) & ((ev.flags[allocs] & 0xFF) == 0)]
+    if not len(first):
+        return None
+    i = int(first[0])
+    limit = trace.machine.max_pfn() // 2  # a ring buffer of half the RAM is not a boot
+    return int(ev.arg0[i]), limit, 0, 0, int(ev.flags[i])
+
+
+def table_pages(trace: Trace) -> np.ndarray:
+    """Which recorded allocations are page-table pages: split_large_page() takes
+    each with alloc_pages(GFP_KERNEL, 0) inside the __change_page_attr_set_clr()
+    call whose kprobe event comes first, so after a call that split k leaves the
+    next k order-0 unmovable allocations are its tables (nested alias calls may
+    come in between; nothing else allocates inside a CPA call). k comes from a
+    replay with recorded placement, which matches the kernel's split counters.
+    Returns a bool per event."""
+    from ..core.api import replay
+    from ..core.constants import NR_PTE_TABLES
+    from ..core.layout import init_mem_mapping
+    from .events import EV_CHECKPOINT
+
+    ev = trace.events
+    is_cpa = ev.kind == EV_CPA
+    out = np.zeros(len(ev), bool)
+    if not is_cpa.any():
+        return out
+    # a snapshot after every call: its page-table count
+    cpa_at = np.nonzero(is_cpa)[0]
+    cols = [np.insert(c, cpa_at + 1, v) for c, v in
+            zip(ev.columns(), (EV_CHECKPOINT, 0, 0, 0, 0, 0), strict=True)]
+    marks = np.nonzero(cols[0] == EV_CHECKPOINT)[0]
+    cols[1][marks] = np.arange(len(marks))  # every checkpoint gets its own snapshot
+    snap = replay(init_mem_mapping(trace.machine), tuple(cols), len(marks))
+    new_tables = np.diff(np.concatenate([[0], snap[:, NR_PTE_TABLES]]))
+    # the snapshot index of the calls, among all checkpoints
+    after_cpa = np.searchsorted(marks, cpa_at + np.arange(len(cpa_at)) + 1)
+    tables = np.zeros(len(ev), np.int64)
+    tables[cpa_at] = new_tables[after_cpa]
+    pending = 0
+    kind = ev.kind.tolist()
+    order = ev.arg1.tolist()
+    fl = ev.flags.tolist()
+    tab = tables.tolist()
+    for i, k in enumerate(kind):
+        if k == EV_CPA:
+            pending += tab[i]
+        elif k == EV_ALLOC and pending and order[i] == 0 and fl[i] == ZONE_NORMAL_FLAGS:
+            out[i] = True
+            pending -= 1
+    return out
+
+
+# EV_ALLOC flags of GFP_KERNEL: MIGRATE_UNMOVABLE, gfp_zone() Normal (2)
+ZONE_NORMAL_FLAGS = 2 << 8
 
 
 def vmalloc_areas(trace: Trace):
