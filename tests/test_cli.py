@@ -139,10 +139,25 @@ def test_convert_round_trip_and_no_overwrite(runner, tmp_path):
 
 
 def test_machine_override(runner, tmp_path):
-    cfg = os.path.join(HERE, "..", "configs", "machines", "qemu-2g.yaml")
-    a = runner.invoke(cli, ["replay", "--format", "meminfo", REAL]).stdout
-    b = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, REAL]).stdout
-    assert a == b
+    # SMALL's own map is a 2 GiB guest; configs/machines/qemu-4g.yaml is the 4 GiB one.
+    # By hand (tests/test_layout.py): the 4 GiB boot maps 989 x 4K, 1022 x 2M and counts
+    # four 1G leaves (the top GiB three times); the trace's one set_memory_ro() splits the
+    # 2M leaf at pfn 0x2000 in both: +512 x 4K, -1 x 2M. Only DirectMap1G differs.
+    p = tmp_path / "t.trace"
+    p.write_text(SMALL)
+    cfg = os.path.join(HERE, "..", "configs", "machines", "qemu-4g.yaml")
+    own = runner.invoke(cli, ["replay", "--format", "meminfo", str(p)])
+    other = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, str(p)])
+    assert own.exit_code == other.exit_code == 0, other.output
+    assert own.stdout.splitlines() == ["DirectMap4k:        6004 kB", "DirectMap2M:     2091008 kB",
+                                       "DirectMap1G:           0 kB"]
+    assert other.stdout.splitlines() == [f"DirectMap4k:    {(989 + 512) * 4:8d} kB",
+                                         f"DirectMap2M:    {(1022 - 1) * 2048:8d} kB",
+                                         f"DirectMap1G:    {4 << 20:8d} kB"]
+    # the trace's own map given as a file changes nothing
+    same = os.path.join(HERE, "..", "configs", "machines", "qemu-2g.yaml")
+    again = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", same, str(p)])
+    assert again.stdout == own.stdout
 
 
 def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
