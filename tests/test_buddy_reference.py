@@ -161,8 +161,12 @@ def test_core_matches_reference(machine, cfg, ops):
        ops=st.lists(st.one_of(alloc_op, free_op), min_size=50, max_size=300), data=st.data())
 def test_free_everything_restores_boot_lists(machine, cfg, ops, data):
     """Freeing every live allocation (in random order) and draining the pcp lists gives
-    back all managed pages; both models agree on where they ended up."""
+    back all managed pages, merged into the blocks memblock_free_all() made: every U/M/R
+    pageblock is mergeable in __free_one_page(), so the buddies coalesce as far as at
+    boot. Both models agree on where they ended up."""
     core, ref = build(machine, cfg)
+    boot = core.free_lists()
+    boot_pageblocks = core.pageblock_mt.tolist()
     live = replay(core, ref, ops)
     order = data.draw(st.permutations(sorted(live.items())))
     rows = [(b.OP_FREE, p, o, 0) for p, o in order] + [(b.OP_DRAIN, 0, 0, 0)]
@@ -175,6 +179,23 @@ def test_free_everything_restores_boot_lists(machine, cfg, ops, data):
     check_invariants(core, {}, machine)
     total = sum(int(core.stats[b.S_NR_FREE_PAGES + z]) for z in range(3))
     assert total == int(core.zone_info[:, b.Z_MANAGED].sum())
+    # the boot blocks, whatever list a steal moved them to
+    assert _blocks(core.free_lists()) == _blocks(boot)
+    if core.pageblock_mt.tolist() == boot_pageblocks:  # no steal claimed a pageblock
+        assert _as_sets(core.free_lists()) == _as_sets(boot)
+
+
+def _blocks(free_lists):
+    """(zone, order) -> sorted free block pfns, over all migratetypes."""
+    out: dict = {}
+    for (z, o, _t), pfns in free_lists.items():
+        out.setdefault((z, o), []).extend(pfns)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _as_sets(free_lists):
+    """Each free list's pfns as a set (the order within a list follows the frees)."""
+    return {k: set(v) for k, v in free_lists.items()}
 
 
 def test_long_random_streams_match():
