@@ -1209,7 +1209,7 @@ def claim_block(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends,
     for high in range(order, MAX_ORDER):
         head = pfn & ~((1 << high) - 1)
         if (flags[head] & PG_BUDDY) and (order_[head] & 15) == high:
-            mt = order_[head] >> 4
+            mt = pb_mt[head >> PAGEBLOCK_ORDER]  # get_pfnblock_migratetype(page_head)
             del_page_from_free_list(nxt, prv, order_, flags, free_ends, free_count, head, zone, high)
             # break_down_buddy_pages(): give back the halves that do not hold the block
             size = 1 << high
