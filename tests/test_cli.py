@@ -174,3 +174,23 @@ def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
     assert "passed 1..2 while read" in r.stdout
     p.write_text(text.replace("sample\n", ""))  # no window: exact at the marker
     assert runner.invoke(cli, ["replay", "--verify", str(p)]).exit_code == 1
+
+
+def test_zstd_reads_every_frame(runner, tmp_path):
+    """A .zst of several frames (`zstd` on a stream, or `cat a.zst b.zst`) is one trace:
+    all frames are read, and a cut-off frame is bad input, not a short trace."""
+    import zstandard
+
+    lines = SMALL.splitlines(keepends=True)
+    cut = lines.index("step one\n")
+    z = zstandard.ZstdCompressor()
+    data = z.compress("".join(lines[:cut]).encode()) + z.compress("".join(lines[cut:]).encode())
+    p = tmp_path / "t.trace.zst"
+    p.write_bytes(data)
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "all 3 checkpoints match" in r.stderr  # the checkpoints are in the second frame
+    p.write_bytes(data[:-4])
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 3 and "a zstd frame is cut off" in r.stderr and r.stdout == ""
+
