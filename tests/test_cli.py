@@ -194,3 +194,22 @@ def test_zstd_reads_every_frame(runner, tmp_path):
     r = runner.invoke(cli, ["replay", str(p)])
     assert r.exit_code == 3 and "a zstd frame is cut off" in r.stderr and r.stdout == ""
 
+
+@pytest.mark.parametrize("numba_first", [False, True])
+def test_numba_cache_dir_is_honoured_whatever_was_imported_first(tmp_path, numba_first):
+    """dmsim keys numba's cache by its source (dmsim/__init__.py) under
+    $XDG_CACHE_HOME/dmsim/: also when numba was imported before dmsim, when numba has
+    read its environment already. A compiled function's index file lands there."""
+    code = ("import numba\n" if numba_first else "") + (
+        "import os, dmsim\n"
+        "from numba.core import config\n"
+        "from dmsim.core.buddy import _ffs\n"
+        "assert _ffs(8) == 3\n"
+        "print(os.environ['NUMBA_CACHE_DIR']); print(config.CACHE_DIR)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.join(HERE, ".."), check=True).stdout.split("\n")
+    assert out[0] == out[1] and out[0].startswith(str(tmp_path / "dmsim" / "numba-"))
+    assert any(name.startswith("buddy._ffs") and name.endswith(".nbi")
+               for _, _, files in os.walk(out[0]) for name in files)
