@@ -145,7 +145,7 @@ def test_machine_override(runner, tmp_path):
     # 2M leaf at pfn 0x2000 in both: +512 x 4K, -1 x 2M. Only DirectMap1G differs.
     p = tmp_path / "t.trace"
     p.write_text(SMALL)
-    cfg = os.path.join(HERE, "..", "configs", "machines", "qemu-4g.yaml")
+    cfg = os.path.join(HERE, "..", "dmsim", "configs", "machines", "qemu-4g.yaml")
     own = runner.invoke(cli, ["replay", "--format", "meminfo", str(p)])
     other = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, str(p)])
     assert own.exit_code == other.exit_code == 0, other.output
@@ -155,7 +155,7 @@ def test_machine_override(runner, tmp_path):
                                          f"DirectMap2M:    {(1022 - 1) * 2048:8d} kB",
                                          f"DirectMap1G:    {4 << 20:8d} kB"]
     # the trace's own map given as a file changes nothing
-    same = os.path.join(HERE, "..", "configs", "machines", "qemu-2g.yaml")
+    same = os.path.join(HERE, "..", "dmsim", "configs", "machines", "qemu-2g.yaml")
     again = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", same, str(p)])
     assert again.stdout == own.stdout
 

@@ -214,7 +214,7 @@ class _Const:
 
 # -- the kernel image's boot-time CPA calls (dmsim/gen/kernel_calls.py) ------------
 
-ROOT = os.path.dirname(os.path.dirname(SCENARIO_DIR))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KC_2G = os.path.join(SCENARIO_DIR, "data", "kernel-boot-qemu-2g.trace")
 KC_8G = os.path.join(SCENARIO_DIR, "data", "kernel-boot-qemu-8g.trace")
 DIRECTMAP = ("DirectMap4k", "DirectMap2M", "DirectMap1G")

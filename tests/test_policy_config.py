@@ -105,8 +105,8 @@ def test_composition():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("cpa_merge+rox_collapse", "merge: configs/policies/cpa_merge.yaml sets cpa_merge and "
-                               "configs/policies/rox_collapse.yaml sets rox_collapse"),
+    ("cpa_merge+rox_collapse", "merge: dmsim/configs/policies/cpa_merge.yaml sets cpa_merge and "
+                               "dmsim/configs/policies/rox_collapse.yaml sets rox_collapse"),
     ("migrate_unmapped+unmapped_alloc", "one allocation policy at a time"),
     ("cpa_merge+cpa_merge", "one merge policy at a time"),
     ("nosuch", "nosuch: unknown policy (known: baseline, "),
