@@ -30,11 +30,11 @@ per zone and pcp list, ``pid = zone * NR_PCP_LISTS + pindex``:
 About 10 bytes per 4K page (``bytes_per_page``).
 
 Kernels take the arrays as arguments and return scalars; nothing compiles at import
-(``@njit(cache=True)``, compiled on first call and cached in __pycache__). The small
+(``@njit(cache=True)``, compiled on first call, cached under ~/.cache/dmsim/). The small
 per-operation helpers are ``inline="always"``: every call of an njit function with a dozen
 array arguments costs reference-count traffic, and inlining the hot path tripled the
 throughput (about 3 million mixed alloc/free operations per second on this machine) at
-the price of a longer first compile (about 45 s for everything).
+the price of a longer first compile (about 2 minutes of CPU, measured: README, "Tests").
 
 Not modelled (each is a choice, said here once): watermark reclaim, kswapd, compaction,
 watermark boosting (it only raises watermarks), highatomic reservations (only the slow path
