@@ -193,3 +193,16 @@ def test_list_policies_in_a_directory(tmp_path):
 def test_shipped_directory_and_baseline_default():
     assert (POLICY_DIR / "baseline.yaml").is_file()
     assert BASELINE.is_baseline and BASELINE.to_json()["unmapped_users"] == []
+
+
+def test_bench_covers_every_policy_file():
+    """README: `make bench` measures placement under each policy in dmsim/configs/policies/."""
+    import inspect
+
+    from bench import run
+    from dmsim.policy import policy_names
+
+    specs = run.bench_policies()
+    assert {name for spec in specs for name in spec.split("+")} >= set(policy_names())
+    assert len(policy_names()) == 7 and all(load_policy(s) for s in specs)
+    assert "for policy in bench_policies():" in inspect.getsource(run.main)
