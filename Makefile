@@ -50,7 +50,7 @@ traces-readme: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
-# The generated traces in traces/ (dmsim gen, configs/scenarios/), then traces/README.md.
+# The generated traces in traces/ (dmsim gen, dmsim/configs/scenarios/), then traces/README.md.
 GEN_SCENARIOS := boot modules bpftrace bpftrace-nopack secretmem mix
 .PHONY: traces
 traces: $(STAMP)

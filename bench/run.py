@@ -110,7 +110,7 @@ def main() -> None:
     a = ap.parse_args()
     bench_core(a.events, local=True)
     bench_core(a.events, local=False)
-    for policy in ("baseline", "migrate_unmapped", "unmapped_alloc", "cpa_merge"):
+    for policy in bench_policies():
         bench_placement(a.events, policy)
     bench_1tib()
     bench_gen_parse(a.gen_scale)
@@ -133,6 +133,16 @@ def main() -> None:
             bench_trace(native, a.repeat)
     print(f"peak memory (ru_maxrss): {peak_rss_mib():.0f} MiB")
 
+
+
+def bench_policies() -> list[str]:
+    """Every policy file in dmsim/configs/policies/; a parameters-only file (it sets
+    neither an allocation nor a merge policy) with migrate_unmapped, whose parameters
+    it sets."""
+    from dmsim.policy import POLICY_DIR, is_parameters, policy_names
+
+    return [f"migrate_unmapped+{name}" if is_parameters(POLICY_DIR, name) else name
+            for name in policy_names()]
 
 
 def bench_placement(n: int, policy: str = "baseline") -> None:
@@ -221,12 +231,12 @@ def bench_gen_parse(scale: float, repeat: int = 3) -> None:
 
 
 def bench_1tib(n: int = 1_000_000) -> None:
-    """configs/machines/1tib.yaml with simulated placement: memory, not speed."""
+    """dmsim/configs/machines/1tib.yaml with simulated placement: memory, not speed."""
     from dmsim.machine_config import load_machine
     from dmsim.simulate import simulate
     from dmsim.trace.events import EV_H_ALLOC, EV_H_FREE, EventArrays, Trace
 
-    m = load_machine("configs/machines/1tib.yaml")
+    m = load_machine("dmsim/configs/machines/1tib.yaml")
     rng = np.random.default_rng(3)
     kind = np.empty(n, np.uint8)
     kind[0::2], kind[1::2] = EV_H_ALLOC, EV_H_FREE

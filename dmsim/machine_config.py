@@ -1,4 +1,4 @@
-"""Load a machine description from YAML (configs/machines/*.yaml).
+"""Load a machine description from YAML (dmsim/configs/machines/*.yaml).
 
 Schema (unknown keys are errors, so a typo cannot silently change the machine):
 
@@ -26,7 +26,7 @@ strings with a binary unit: `512M`, `2G`, `2GiB`, `1T`. e820 types are names (us
 reserved, acpi, nvs, unusable, persistent, reserved_kern, soft_reserved) or numbers.
 
 Every problem raises MachineError naming the file and the key, e.g.
-`configs/machines/x.yaml: e820[2].end: not a number: 'zz'`.
+`dmsim/configs/machines/x.yaml: e820[2].end: not a number: 'zz'`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A Policy is one allocation policy and one merge policy with their parameters
 (file format: docs/policies.md).
 
 A spec names one policy file or composes several with `+`:
-`migrate_unmapped+cpa_merge`. A name is `configs/policies/NAME.yaml`; a path
+`migrate_unmapped+cpa_merge`. A name is `dmsim/configs/policies/NAME.yaml`; a path
 (containing `/` or ending in `.yaml`/`.yml`) is read as it is. Every problem
 raises PolicyError naming the file (or the spec) and the key.
 """
@@ -24,8 +24,8 @@ from .yamlfile import load_yaml
 ALLOC_POLICIES = ("baseline", "migrate_unmapped", "unmapped_alloc")
 MERGE_POLICIES = ("none", "cpa_merge", "rox_collapse")
 
-POLICY_DIR = Path(__file__).resolve().parent.parent / "configs" / "policies"
-"""Where policy names are looked up (the checkout's configs/policies/)."""
+POLICY_DIR = Path(__file__).resolve().parent / "configs" / "policies"
+"""Where policy names are looked up (dmsim/configs/policies/, package data)."""
 
 FILE_KEYS = ("description", "source", "alloc", "merge", "collapse_free_pageblock",
              "unmapped_users")

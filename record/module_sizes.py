@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate configs/scenarios/data/module-sizes-debian-6.1.0-56.csv: how much
+"""Regenerate dmsim/configs/scenarios/data/module-sizes-debian-6.1.0-56.csv: how much
 module memory each module of Debian's linux-image-6.1.0-56-amd64 takes when Linux
 6.1 loads it, computed from its .ko the way the module loader lays it out.
 
@@ -52,7 +52,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "record", "work")
 DEFAULT_KVER = "6.1.0-56-amd64"
-DEFAULT_OUT = os.path.join(ROOT, "configs", "scenarios", "data", "module-sizes-debian-6.1.0-56.csv")
+DEFAULT_OUT = os.path.join(ROOT, "dmsim", "configs", "scenarios", "data",
+                           "module-sizes-debian-6.1.0-56.csv")
 
 PAGE = 4096
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4

@@ -35,7 +35,11 @@ burst = st.one_of(st.just(1), st.just(1), st.integers(1, 64))
 alloc_op = st.tuples(st.just("alloc"), st.integers(0, 2), st.sampled_from(ORDERS), st.integers(0, 2), burst)
 free_op = st.tuples(st.just("free"), st.integers(0, 1 << 30), burst)
 drain_op = st.tuples(st.just("drain"))
-op_lists = st.lists(st.one_of(alloc_op, alloc_op, free_op, free_op, drain_op), max_size=160)
+# claim_block(): a block a trace frees without having allocated it, claimed in place; the
+# pfn is a fraction of the machine's pfns (free, allocated, pcp, reserved or hole pages)
+claim_op = st.tuples(st.just("claim"), st.floats(0, 1, exclude_max=True), st.sampled_from(ORDERS))
+op_lists = st.lists(st.one_of(alloc_op, alloc_op, free_op, free_op, drain_op, claim_op),
+                    max_size=160)
 configs = st.fixed_dictionaries({
     "pcp": st.booleans(),
     "pcp_thp": st.booleans(),
@@ -51,10 +55,18 @@ def build(machine, cfg):
 
 def replay(core, ref, ops):
     """Run ops through the reference, turning them into the core's op array; then run the
-    core in one call and require the same result for every op."""
+    core in one call and require the same result for every op. A claim (no op code:
+    BuddyState.claim()) runs the rows before it first."""
     live = []
     rows = []
     expect = []
+
+    def flush():
+        out = core.run(np.array(rows, np.int64).reshape(-1, 4))
+        assert out.tolist() == expect
+        rows.clear()
+        expect.clear()
+
     for op in ops:
         if op[0] == "alloc":
             _, zone, order, mt, repeat = op
@@ -72,12 +84,19 @@ def replay(core, ref, ops):
                 pfn, order = live.pop((pick + i * 7919) % len(live))
                 rows.append((b.OP_FREE, pfn, order, 0))
                 expect.append(ref.free(pfn, order))
+        elif op[0] == "claim":
+            _, where, order = op
+            pfn = int(where * core.nr_pfns) & ~((1 << order) - 1)
+            flush()
+            got = ref.claim(pfn, order)
+            assert core.claim(pfn, order) == got, (pfn, order)
+            if got == 0:
+                live.append((pfn, order))
         else:
             ref.drain()
             rows.append((b.OP_DRAIN, 0, 0, 0))
             expect.append(0)
-    out = core.run(np.array(rows, np.int64).reshape(-1, 4))
-    assert out.tolist() == expect
+    flush()
     return dict(live)
 
 
@@ -92,17 +111,20 @@ def assert_same(core, ref):
         assert core.zone_info[z.idx, b.Z_MANAGED] == z.managed
 
 
-def managed_mask(core, machine):
+def managed_mask(core, machine, unreserved=()):
+    """Pages the allocator manages: memory minus reserved, plus reserved pages (or holes)
+    a claim handed to it."""
     mem, res = MACHINES[machine]
     mask = np.zeros(core.nr_pfns, bool)
     for s, e in mem:
         mask[s:e] = True
     for s, e in res:
         mask[s:e] = False
+    mask[list(unreserved)] = True
     return mask
 
 
-def check_invariants(core, live, machine):
+def check_invariants(core, live, machine, unreserved=()):
     """Every managed pfn is in exactly one free block, pcp page or allocation; free counts
     add up; list links and flags agree; no two free buddies of one order below MAX_ORDER-1."""
     cover = np.zeros(core.nr_pfns, np.int16)
@@ -135,7 +157,7 @@ def check_invariants(core, live, machine):
         assert core.page_flags[p] & b.PG_HEAD and core.page_order[p] & 15 == o
         cover[p:p + (1 << o)] += 1
         alloc_pages[b.page_zonenum(zi, p)] += 1 << o
-    mask = managed_mask(core, machine)
+    mask = managed_mask(core, machine, unreserved)
     assert (cover[mask] == 1).all(), "a managed pfn is lost or owned twice"
     assert (cover[~mask] == 0).all(), "a reserved pfn was handed out"
     for z in range(3):
@@ -154,15 +176,19 @@ def test_core_matches_reference(machine, cfg, ops):
     assert_same(core, ref)
     live = replay(core, ref, ops)
     assert_same(core, ref)
-    check_invariants(core, live, machine)
+    check_invariants(core, live, machine, ref.unreserved)
 
 
 @given(machine=st.integers(0, len(MACHINES) - 1), cfg=configs,
-       ops=st.lists(st.one_of(alloc_op, free_op), min_size=50, max_size=300), data=st.data())
+       ops=st.lists(st.one_of(alloc_op, free_op, claim_op), min_size=50, max_size=300), data=st.data())
 def test_free_everything_restores_boot_lists(machine, cfg, ops, data):
     """Freeing every live allocation (in random order) and draining the pcp lists gives
-    back all managed pages; both models agree on where they ended up."""
+    back all managed pages, merged into the blocks memblock_free_all() made: every U/M/R
+    pageblock is mergeable in __free_one_page(), so the buddies coalesce as far as at
+    boot. Both models agree on where they ended up."""
     core, ref = build(machine, cfg)
+    boot = core.free_lists()
+    boot_pageblocks = core.pageblock_mt.tolist()
     live = replay(core, ref, ops)
     order = data.draw(st.permutations(sorted(live.items())))
     rows = [(b.OP_FREE, p, o, 0) for p, o in order] + [(b.OP_DRAIN, 0, 0, 0)]
@@ -172,9 +198,28 @@ def test_free_everything_restores_boot_lists(machine, cfg, ops, data):
     out = core.run(np.array(rows, np.int64).reshape(-1, 4))
     assert (out == 0).all()
     assert_same(core, ref)
-    check_invariants(core, {}, machine)
+    check_invariants(core, {}, machine, ref.unreserved)
     total = sum(int(core.stats[b.S_NR_FREE_PAGES + z]) for z in range(3))
     assert total == int(core.zone_info[:, b.Z_MANAGED].sum())
+    if ref.unreserved:
+        return  # claimed reserved pages (or holes) joined the allocator: not the boot blocks
+    # the boot blocks, whatever list a steal moved them to
+    assert _blocks(core.free_lists()) == _blocks(boot)
+    if core.pageblock_mt.tolist() == boot_pageblocks:  # no steal claimed a pageblock
+        assert _as_sets(core.free_lists()) == _as_sets(boot)
+
+
+def _blocks(free_lists):
+    """(zone, order) -> sorted free block pfns, over all migratetypes."""
+    out: dict = {}
+    for (z, o, _t), pfns in free_lists.items():
+        out.setdefault((z, o), []).extend(pfns)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _as_sets(free_lists):
+    """Each free list's pfns as a set (the order within a list follows the frees)."""
+    return {k: set(v) for k, v in free_lists.items()}
 
 
 def test_long_random_streams_match():

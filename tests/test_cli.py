@@ -139,10 +139,25 @@ def test_convert_round_trip_and_no_overwrite(runner, tmp_path):
 
 
 def test_machine_override(runner, tmp_path):
-    cfg = os.path.join(HERE, "..", "configs", "machines", "qemu-2g.yaml")
-    a = runner.invoke(cli, ["replay", "--format", "meminfo", REAL]).stdout
-    b = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, REAL]).stdout
-    assert a == b
+    # SMALL's own map is a 2 GiB guest; configs/machines/qemu-4g.yaml is the 4 GiB one.
+    # By hand (tests/test_layout.py): the 4 GiB boot maps 989 x 4K, 1022 x 2M and counts
+    # four 1G leaves (the top GiB three times); the trace's one set_memory_ro() splits the
+    # 2M leaf at pfn 0x2000 in both: +512 x 4K, -1 x 2M. Only DirectMap1G differs.
+    p = tmp_path / "t.trace"
+    p.write_text(SMALL)
+    cfg = os.path.join(HERE, "..", "dmsim", "configs", "machines", "qemu-4g.yaml")
+    own = runner.invoke(cli, ["replay", "--format", "meminfo", str(p)])
+    other = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", cfg, str(p)])
+    assert own.exit_code == other.exit_code == 0, other.output
+    assert own.stdout.splitlines() == ["DirectMap4k:        6004 kB", "DirectMap2M:     2091008 kB",
+                                       "DirectMap1G:           0 kB"]
+    assert other.stdout.splitlines() == [f"DirectMap4k:    {(989 + 512) * 4:8d} kB",
+                                         f"DirectMap2M:    {(1022 - 1) * 2048:8d} kB",
+                                         f"DirectMap1G:    {4 << 20:8d} kB"]
+    # the trace's own map given as a file changes nothing
+    same = os.path.join(HERE, "..", "dmsim", "configs", "machines", "qemu-2g.yaml")
+    again = runner.invoke(cli, ["replay", "--format", "meminfo", "--machine", same, str(p)])
+    assert again.stdout == own.stdout
 
 
 def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
@@ -159,3 +174,42 @@ def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
     assert "passed 1..2 while read" in r.stdout
     p.write_text(text.replace("sample\n", ""))  # no window: exact at the marker
     assert runner.invoke(cli, ["replay", "--verify", str(p)]).exit_code == 1
+
+
+def test_zstd_reads_every_frame(runner, tmp_path):
+    """A .zst of several frames (`zstd` on a stream, or `cat a.zst b.zst`) is one trace:
+    all frames are read, and a cut-off frame is bad input, not a short trace."""
+    import zstandard
+
+    lines = SMALL.splitlines(keepends=True)
+    cut = lines.index("step one\n")
+    z = zstandard.ZstdCompressor()
+    data = z.compress("".join(lines[:cut]).encode()) + z.compress("".join(lines[cut:]).encode())
+    p = tmp_path / "t.trace.zst"
+    p.write_bytes(data)
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "all 3 checkpoints match" in r.stderr  # the checkpoints are in the second frame
+    p.write_bytes(data[:-4])
+    r = runner.invoke(cli, ["replay", str(p)])
+    assert r.exit_code == 3 and "a zstd frame is cut off" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("numba_first", [False, True])
+def test_numba_cache_dir_is_honoured_whatever_was_imported_first(tmp_path, numba_first):
+    """dmsim keys numba's cache by its source (dmsim/__init__.py) under
+    $XDG_CACHE_HOME/dmsim/: also when numba was imported before dmsim, when numba has
+    read its environment already. A compiled function's index file lands there."""
+    code = ("import numba\n" if numba_first else "") + (
+        "import os, dmsim\n"
+        "from numba.core import config\n"
+        "from dmsim.core.buddy import _ffs\n"
+        "assert _ffs(8) == 3\n"
+        "print(os.environ['NUMBA_CACHE_DIR']); print(config.CACHE_DIR)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.join(HERE, ".."), check=True).stdout.split("\n")
+    assert out[0] == out[1] and out[0].startswith(str(tmp_path / "dmsim" / "numba-"))
+    assert any(name.startswith("buddy._ffs") and name.endswith(".nbi")
+               for _, _, files in os.walk(out[0]) for name in files)

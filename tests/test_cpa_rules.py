@@ -74,3 +74,34 @@ def test_nx_only_call_split_counts():
     assert counts(st)[3] == 0  # the direct map is NX already: same protection
     st = run_calls(qemu_machine(2), ["running", (700, 3, 0, NX, False)])
     assert counts(st)[3] == 1
+
+
+def test_fast_4k_path_counts_changed_entries_like_the_general_path():
+    """replay.py's cpa_fast_4k() is __change_page_attr_set_clr()'s 4K case inline: it must
+    count the entries it changes (NR_CPA_CHANGED: what sets CPA_FLUSHTLB, and what
+    rox_collapse's collapse waits for) as cpa.py's 4K step does."""
+    import numpy as np
+
+    from dmsim.core.cpa import cpa_apply
+    from dmsim.core.replay import CPAF_PRIMARY, cpa_fast_4k
+
+    m = qemu_machine(2)
+    # set_memory_4k() on [512, 1024), then pages 512..515 read-only: all on one pte table
+    before = ["running", (512, 512, 0, 0, True, True), (512, 4, 0, RW)]
+    call = (512, 8, 0, RW)  # 4 of its 8 pages are read-only already
+    st = run_calls(m, before)
+    assert st.counters[C.NR_CPA_CHANGED] == 4
+    fast = run_calls(m, before)
+    general = run_calls(m, before)
+    u = np.uint64
+    assert cpa_fast_4k(call[0], call[1], u(call[2]), u(call[3]), fast.pud_state, fast.pmd_state,
+                       fast.pmd_table, fast.pte, fast.counters, fast.params)
+    cpa_apply(call[0], call[1], u(call[2]), u(call[3]), CPAF_PRIMARY, general.pud_state,
+              general.pud_prot, general.pmd_state, general.pmd_prot, general.pmd_table,
+              general.pte, general.nr_tables, general.counters, general.params,
+              general.pfn_mapped)
+    assert general.counters[C.NR_CPA_CHANGED] == 4 + 4  # by hand: pages 516..519 change
+    assert fast.counters.tolist() == general.counters.tolist()
+    assert (fast.pte == general.pte).all()
+    # and the replay loop, which takes the fast path for this call, counts the same
+    assert run_calls(m, [*before, call]).counters.tolist() == general.counters.tolist()

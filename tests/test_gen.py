@@ -214,7 +214,7 @@ class _Const:
 
 # -- the kernel image's boot-time CPA calls (dmsim/gen/kernel_calls.py) ------------
 
-ROOT = os.path.dirname(os.path.dirname(SCENARIO_DIR))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KC_2G = os.path.join(SCENARIO_DIR, "data", "kernel-boot-qemu-2g.trace")
 KC_8G = os.path.join(SCENARIO_DIR, "data", "kernel-boot-qemu-8g.trace")
 DIRECTMAP = ("DirectMap4k", "DirectMap2M", "DirectMap1G")
@@ -331,3 +331,34 @@ def test_bad_kernel_calls_file_names_the_key(tmp_path):
     path = scenario_file(tmp_path, "include: BASE\nboot: {kernel_calls: [nothere.trace]}\n", "n.yaml")
     with pytest.raises(ScenarioError, match=r"boot\.kernel_calls: cannot read"):
         build(load_scenario(path), 1, SMALL)
+
+
+def test_kernel_calls_headers_against_the_kernel_and_the_reference_model():
+    """The numbers each data file's header states, checked without the code that wrote
+    them: the kernel's own line against the recording's raw `dmsim: meminfo` lines,
+    the file's own replay against the pure-Python reference model (dmsim/reference/)."""
+    import gzip
+    import re
+
+    from dmsim.reference.placement import ReferencePlacement
+    from dmsim.trace.native import parse_native
+
+    for path in (KC_2G, KC_8G):
+        with open(path) as f:
+            shipped = f.read()
+        stated = {m.group(1): tuple(int(v) for v in m.group(2).split(" / "))
+                  for m in re.finditer(r"^#   (replay of this file|the kernel's own)\D*?"
+                                       r"(\d+ / \d+ / \d+) kB", shipped, re.M)}
+        source = re.search(r"^# source: (\S+)", shipped, re.M).group(1)
+        with open(os.path.join(ROOT, source), "rb") as f:
+            raw = gzip.decompress(f.read())
+        kernel = {}
+        for name, kb in re.findall(rb"dmsim: meminfo (DirectMap\w+): +(\d+) kB", raw):
+            kernel.setdefault(name.decode(), int(kb))
+        assert stated["the kernel's own"] == tuple(kernel[c] for c in DIRECTMAP), path
+        t = parse_native(shipped, path)
+        ref = ReferencePlacement(t.machine).run(t)
+        c = ref.counters()
+        assert c["SYSTEM_RUNNING"] == 1 and shipped.endswith("\nsystem_running\n")
+        assert stated["replay of this file"] == (
+            4 * c["NR_DIRECT_4K"], 2048 * c["NR_DIRECT_2M"], (1 << 20) * c["NR_DIRECT_1G"]), path

@@ -40,7 +40,7 @@ from dmsim.trace.source import read_text
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "traces" / "real"
-MACHINES = ROOT / "configs" / "machines"
+MACHINES = ROOT / "dmsim" / "configs" / "machines"
 REAL_TRACES = ["vm2g-modules-bpf-secretmem.trace.gz", "vm4g-modules-bpf-secretmem.trace.gz"]
 
 # A small machine: 2 GiB of RAM in two ranges with an e820 hole at [0x9fc00, 0x100000).

@@ -132,7 +132,7 @@ def outcome(text, path="t", fast=True, **kw):
     """What parsing gives: the trace's columns, checkpoints and meta, or the error."""
     try:
         t = parse(text, path, fast, **kw)
-    except Exception as e:  # noqa: BLE001 - the two paths must fail alike, whatever the failure
+    except TraceError as e:  # bad input; anything else is a bug and fails the test
         return type(e).__name__, str(e)
     return ([(c.dtype.str, c.tolist()) for c in t.events.columns()],
             [(c.index, c.step, c.counter, c.value, c.line, c.window) for c in t.checkpoints],
@@ -492,3 +492,14 @@ def test_header_only_and_events_before_the_body():
     assert_fast_is_slow(HEAD + "alloc 0x7390 2 mt=1 zone=dma\nfree 0x7390 2\n")
     for k in (EV_ALLOC, EV_FREE, EV_CPA):
         assert k in outcome(HEAD + CANONICAL)[0][0][1]
+
+
+def test_outcome_catches_only_bad_input(monkeypatch):
+    """A crash is not an outcome: two paths failing alike with anything but a TraceError
+    must fail the comparison test, not pass it."""
+    def crash(*a, **kw):
+        raise IndexError("a bug")
+
+    monkeypatch.setitem(globals(), "parse_native", crash)
+    with pytest.raises(IndexError):
+        outcome(HEAD)

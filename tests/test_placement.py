@@ -72,8 +72,23 @@ def test_handle_errors_are_counted_not_fatal():
 
 
 def test_movable_and_unmovable_land_in_different_pageblocks():
+    import numpy as np
+
+    from dmsim.core import buddy as B
+
     _, r, b = run("page_alloc 1 0 mt=1\npage_alloc 2 0 mt=0\n")
     assert b.stat("nr_alloc") == 2 and b.stat("alloc_fail") == 0
+    # memblock_free_all() leaves DMA32's free memory on the MOVABLE lists, each order's
+    # list in pfn order. The movable page: rmqueue_bulk() refills the pcp list from
+    # __rmqueue_smallest(), the smallest movable block first, the tail page 0x7ffdc
+    # (order 0). The unmovable page: no UNMOVABLE block, so __rmqueue_fallback()
+    # steals the first order-10 movable block, 0x1000, and (order >= pageblock_order)
+    # change_pageblock_range() makes both its pageblocks (8, 9) UNMOVABLE.
+    heads = np.flatnonzero(b.page_flags & B.PG_HEAD).tolist()
+    assert heads == [0x1000, 0x7FFDC]
+    assert b.pageblock_mt[0x1000 >> 9] == b.pageblock_mt[0x1200 >> 9] == B.MIGRATE_UNMOVABLE
+    assert b.pageblock_mt[0x7FFDC >> 9] == B.MIGRATE_MOVABLE
+    assert b.stat("pageblock_claimed") == 2
 
 
 def test_handle_events_round_trip_through_the_writer():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from dmsim.policy import (
@@ -43,12 +46,49 @@ def test_shipped_policies():
     assert found["migrate_unmapped"].unmapped_mask == (1 << 1) | (1 << 2) | (1 << 3)
 
 
+DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design-policies.md"
+
+
+def _source_ids(source: str) -> list[str]:
+    """What identifies a patch in a source line: its quoted title, dates, commit ids and
+    the author (the text before the first comma, without a leading "Linux ")."""
+    ids = re.findall(r'"[^"]+"', source)
+    ids += re.findall(r"\b(?:\d{1,2} )?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4}\b",
+                      source)
+    ids += re.findall(r"\b[0-9a-f]{12}\b", source)
+    author = source.split(",")[0].split(" (")[0].removeprefix("Linux ").strip()
+    return ids + [author]
+
+
+def _sections(doc: str) -> dict[str, str]:
+    """'### name — heading' sections of docs/design-policies.md: name -> heading and body."""
+    parts = re.split(r"^### ", doc, flags=re.M)[1:]
+    return {part.split()[0]: part.split("\n## ")[0] for part in parts}
+
+
 def test_sources_name_what_design_policies_names():
+    sections = _sections(DESIGN.read_text())
+    # every allocation and merge policy has its section
+    assert set(ALLOC_POLICIES) | set(MERGE_POLICIES) <= set(sections)
     found = {p.name: p for p in list_policies()}
+    for p in found.values():
+        ids = _source_ids(p.source)
+        mechanism = p.merge if p.merge != "none" else p.alloc
+        if mechanism != "baseline":
+            # the patch the file names is the one its mechanism's section describes
+            heading = sections[mechanism].split("\n")[0]
+            missing = [i for i in ids if i not in heading]
+            assert not missing, f"{p.name}: {missing} not in '### {heading}'"
+        else:
+            # a parameter file (or baseline itself): some section names its source
+            assert any(all(i in text for i in ids) for text in sections.values()), (p.name, ids)
     assert "27 Jan 2022" in found["migrate_unmapped"].source
     assert "8 Mar 2023" in found["unmapped_alloc"].source
     assert "Aaron Lu" in found["cpa_merge"].source
     assert "41d88484c71c" in found["rox_collapse"].source
+    assert _source_ids(found["migrate_unmapped"].source) == [
+        '"[RFC PATCH 1/3] mm/page_alloc: introduce __GFP_UNMAPPED and MIGRATE_UNMAPPED"',
+        "27 Jan 2022", "Rapoport"]
 
 
 def test_composition():
@@ -65,8 +105,8 @@ def test_composition():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("cpa_merge+rox_collapse", "merge: configs/policies/cpa_merge.yaml sets cpa_merge and "
-                               "configs/policies/rox_collapse.yaml sets rox_collapse"),
+    ("cpa_merge+rox_collapse", "merge: dmsim/configs/policies/cpa_merge.yaml sets cpa_merge and "
+                               "dmsim/configs/policies/rox_collapse.yaml sets rox_collapse"),
     ("migrate_unmapped+unmapped_alloc", "one allocation policy at a time"),
     ("cpa_merge+cpa_merge", "one merge policy at a time"),
     ("nosuch", "nosuch: unknown policy (known: baseline, "),
@@ -153,3 +193,16 @@ def test_list_policies_in_a_directory(tmp_path):
 def test_shipped_directory_and_baseline_default():
     assert (POLICY_DIR / "baseline.yaml").is_file()
     assert BASELINE.is_baseline and BASELINE.to_json()["unmapped_users"] == []
+
+
+def test_bench_covers_every_policy_file():
+    """README: `make bench` measures placement under each policy in dmsim/configs/policies/."""
+    import inspect
+
+    from bench import run
+    from dmsim.policy import policy_names
+
+    specs = run.bench_policies()
+    assert {name for spec in specs for name in spec.split("+")} >= set(policy_names())
+    assert len(policy_names()) == 7 and all(load_policy(s) for s in specs)
+    assert "for policy in bench_policies():" in inspect.getsource(run.main)

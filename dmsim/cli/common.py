@@ -67,4 +67,4 @@ trace_argument = click.argument("trace", type=click.Path(dir_okay=False, allow_d
 lenient_option = click.option("--lenient", is_flag=True,
                               help="Skip and count bad lines instead of stopping at the first.")
 machine_option = click.option("--machine", "machine_path", type=click.Path(exists=True, dir_okay=False),
-                              help="Machine YAML (configs/machines/); overrides the trace's e820 lines.")
+                              help="Machine YAML (dmsim/configs/machines/); overrides the trace's e820 lines.")

@@ -91,7 +91,7 @@ def breach_exit(breaches, report: bool = False) -> None:
 @trace_argument
 @click.option("--policy", "policies", multiple=True, required=True, metavar="SPEC",
               callback=policy_callback,
-              help="A policy (configs/policies/NAME, NAME+NAME, or a YAML path); give two or "
+              help="A policy (dmsim/configs/policies/NAME, NAME+NAME, or a YAML path); give two or "
                    "more, the first is the reference. See `dmsim policies`.")
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text",
               show_default=True, help="text: LKP-style comparison table; json.")

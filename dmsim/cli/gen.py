@@ -28,7 +28,7 @@ EXIT_USAGE = 2  # click's code for usage errors; a bad scenario file is one
               help="Write `unmapped=<group>` on the allocations a policy may unmap.")
 @handle_errors
 def gen(scenario, seed, scale, output, force, groups):
-    """Generate a trace from SCENARIO: a name in configs/scenarios/ (boot, modules,
+    """Generate a trace from SCENARIO: a name in dmsim/configs/scenarios/ (boot, modules,
     bpftrace, secretmem, mix) or a path to a scenario YAML."""
     from ..gen.generate import build, write
     from ..gen.scenario import ScenarioError, load_scenario

@@ -15,7 +15,7 @@ from .. import __version__
 COMMANDS = {
     "replay": ("dmsim.cli.replay", "replay", "Replay a trace and print the direct-map counters."),
     "convert": ("dmsim.cli.convert", "convert", "Write a trace in dmsim's native format."),
-    "gen": ("dmsim.cli.gen", "gen", "Generate a workload trace from a scenario (configs/scenarios/)."),
+    "gen": ("dmsim.cli.gen", "gen", "Generate a workload trace from a scenario (dmsim/configs/scenarios/)."),
     "diff": ("dmsim.cli.diff", "diff", "Replay a trace under several policies and compare."),
     "policies": ("dmsim.cli.policies", "policies", "List the allocation and merge policies."),
 }

@@ -1,4 +1,4 @@
-"""`dmsim policies`: the policy files in configs/policies/."""
+"""`dmsim policies`: the policy files in dmsim/configs/policies/."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ COLUMNS = ("name", "alloc", "merge", "description", "source")
               show_default=True,
               help="text: a table (aligned plain text when stdout is not a terminal); json.")
 def policies(fmt):
-    """List the policies --policy can name (configs/policies/*.yaml).
+    """List the policies --policy can name (dmsim/configs/policies/*.yaml).
 
     Compose an allocation policy and a merge policy with `+`, e.g.
     `--policy migrate_unmapped+cpa_merge` (docs/policies.md).

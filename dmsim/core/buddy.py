@@ -30,11 +30,11 @@ per zone and pcp list, ``pid = zone * NR_PCP_LISTS + pindex``:
 About 10 bytes per 4K page (``bytes_per_page``).
 
 Kernels take the arrays as arguments and return scalars; nothing compiles at import
-(``@njit(cache=True)``, compiled on first call and cached in __pycache__). The small
+(``@njit(cache=True)``, compiled on first call, cached under ~/.cache/dmsim/). The small
 per-operation helpers are ``inline="always"``: every call of an njit function with a dozen
 array arguments costs reference-count traffic, and inlining the hot path tripled the
 throughput (about 3 million mixed alloc/free operations per second on this machine) at
-the price of a longer first compile (about 45 s for everything).
+the price of a longer first compile (about 2 minutes of CPU, measured: README, "Tests").
 
 Not modelled (each is a choice, said here once): watermark reclaim, kswapd, compaction,
 watermark boosting (it only raises watermarks), highatomic reservations (only the slow path
@@ -70,7 +70,6 @@ MIGRATE_SPARE = 4  # free slot for a policy type
 # dmsim keeps HIGHATOMIC at 3 and gives UNMAPPED the spare slot, pcp slot 3
 MIGRATE_UNMAPPED = MIGRATE_SPARE
 MIGRATE_TYPES = 5  # array dimension; 6.1 has CMA and ISOLATE here, which are never used
-MIGRATETYPE_NAMES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "Unmapped")
 
 # NR_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1 + NR_PCP_THP)
 NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)
@@ -106,7 +105,7 @@ Z_PCP_FREE_FACTOR = 7  # pcp->free_factor
 Z_WMARK_MIN = 8  # _watermark[WMARK_MIN] (0: watermarks not modelled)
 Z_WMARK_LOW = 9  # _watermark[WMARK_LOW]
 Z_LOWMEM_RESERVE = 10  # lowmem_reserve[j] for j = this + 1 .. (3 columns)
-Z_UNMAPPED_COLLAPSE = 13  # copy of cfg[C_UNMAPPED_COLLAPSE] where __free_one_page() sees it
+Z_UNMAPPED_COLLAPSE = 13  # 1: migrate_unmapped with its FIXME in __free_one_page() enabled
 Z_PCP_BATCH_SETUP = 14  # while the boot pageset is on: the batch setup_per_cpu_pageset() sets
 Z_PCP_HIGH_SETUP = 15  # ... and the high (core/pretrace.py)
 NR_ZONE_FIELDS = 16
@@ -119,7 +118,6 @@ C_PCP_BATCH_SCALE_MAX = 3  # CONFIG_PCP_BATCH_SCALE_MAX (5; backported to 6.1.y)
 C_NR_PCP_LISTS = 4  # NR_PCP_LISTS for the configuration
 C_PCPTYPES = 5  # MIGRATE_PCPTYPES: 3, or 4 with MIGRATE_UNMAPPED
 C_UNMAPPED = 6  # 1: migrate_unmapped policy (MIGRATE_UNMAPPED lists, fallbacks)
-C_UNMAPPED_COLLAPSE = 7  # 1: its disabled FIXME in __free_one_page() enabled
 NR_CFG = 8
 
 # stats: vm_event / zone counters, and the simulator's own
@@ -1170,7 +1168,6 @@ def enable_migrate_unmapped(st: BuddyState, collapse_free_pageblock: bool = Fals
     st.cfg[C_PCPTYPES] = MIGRATE_PCPTYPES + 1
     lowo = (MIGRATE_PCPTYPES + 1) * (PAGE_ALLOC_COSTLY_ORDER + 1)
     st.cfg[C_NR_PCP_LISTS] = lowo + 1 if st.cfg[C_PCP_THP] else lowo
-    st.cfg[C_UNMAPPED_COLLAPSE] = int(collapse_free_pageblock)
     st.zone_info[:, Z_UNMAPPED_COLLAPSE] = int(collapse_free_pageblock)
     st.fallbacks[:] = FALLBACKS_UNMAPPED
 
@@ -1216,7 +1213,7 @@ def claim_block(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends,
     for high in range(order, MAX_ORDER):
         head = pfn & ~((1 << high) - 1)
         if (flags[head] & PG_BUDDY) and (order_[head] & 15) == high:
-            mt = order_[head] >> 4
+            mt = pb_mt[head >> PAGEBLOCK_ORDER]  # get_pfnblock_migratetype(page_head)
             del_page_from_free_list(nxt, prv, order_, flags, free_ends, free_count, head, zone, high)
             # break_down_buddy_pages(): give back the halves that do not hold the block
             size = 1 << high

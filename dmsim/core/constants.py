@@ -9,7 +9,6 @@ PMD_PAGES = 1 << (PMD_SHIFT - PAGE_SHIFT)  # 512 pages in a 2M leaf
 PUD_PAGES = 1 << (PUD_SHIFT - PAGE_SHIFT)  # 262144 pages in a 1G leaf
 
 # enum pg_level (arch/x86/include/asm/pgtable_types.h)
-PG_LEVEL_NONE = 0
 PG_LEVEL_4K = 1
 PG_LEVEL_2M = 2
 PG_LEVEL_1G = 3
@@ -32,10 +31,8 @@ PAGE_KERNEL_LARGE_EXEC = (
 )
 
 # cpa_data.flags (arch/x86/mm/pat/set_memory.c)
-CPA_FLUSHTLB = 1
 CPA_ARRAY = 2
 CPA_PAGES_ARRAY = 4
-CPA_NO_CHECK_ALIAS = 8
 
 # x86-64 virtual layout (arch/x86/include/asm/page_64_types.h)
 START_KERNEL_MAP = 0xFFFFFFFF80000000

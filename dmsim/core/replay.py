@@ -40,7 +40,10 @@ def cpa_fast_4k(vpfn, numpages, mask_set, mask_clr, pud_state, pmd_state, pmd_ta
             return False  # a hole: __cpa_process_fault() is the general path's
     counters[C.NR_CPA_CALLS] += 1
     for k in range(j, j + numpages):
-        pte[row, k] = pgprot_clear_protnone_bits((pte[row, k] & ~mask_clr) | mask_set, params)
+        new_prot = pgprot_clear_protnone_bits((pte[row, k] & ~mask_clr) | mask_set, params)
+        if new_prot != pte[row, k]:  # __change_page_attr(): "Do we really change anything?"
+            pte[row, k] = new_prot
+            counters[C.NR_CPA_CHANGED] += 1  # cpa->flags |= CPA_FLUSHTLB
     return True
 
 

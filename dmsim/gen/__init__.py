@@ -1,6 +1,6 @@
 """Workload generators (`dmsim gen`): native traces of events by handle.
 
-A scenario (configs/scenarios/*.yaml) names a machine and the workloads that
+A scenario (dmsim/configs/scenarios/*.yaml) names a machine and the workloads that
 run on it; the generator turns it into the native format's `page_alloc` /
 `page_free` / `vmalloc` / `vfree` / `set_memory` lines, which the simulated
 allocator places when the trace is replayed (docs/design-simulated-placement.md).

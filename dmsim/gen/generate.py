@@ -84,7 +84,7 @@ def _machine(root: Section, sc: Scenario) -> Machine:
                 path = named if os.path.exists(named) else path
             if not os.path.exists(path):
                 raise ScenarioError(f"{file}: machine: {spec}: no such machine file "
-                                    "(a name in configs/machines/ or a path)")
+                                    "(a name in dmsim/configs/machines/ or a path)")
             return load_machine(path)
         if spec is None:
             raise ScenarioError(f"{file}: machine: missing (a machine name or mapping)")

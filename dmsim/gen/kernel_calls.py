@@ -20,10 +20,10 @@ kernel source, `extract()` copies them out of a real boot recorded on the same
 kernel build (the dmsim/cpa kprobe records every call from fs_initcall on, and
 the ftrace reader synthesises start_kernel()'s earlier ones: dmsim/trace/preboot.py),
 so they are exactly the calls that kernel made, in its order. The result is a
-small native trace (configs/scenarios/data/kernel-boot-*.trace):
+small native trace (dmsim/configs/scenarios/data/kernel-boot-*.trace):
 
     python -m dmsim.gen.kernel_calls traces/real/vm2g-modules.trace.gz \
-        -o configs/scenarios/data/kernel-boot-qemu-2g.trace
+        -o dmsim/configs/scenarios/data/kernel-boot-qemu-2g.trace
 
 All 13 recordings in traces/real/ (2, 4 and 8 GiB, with and without gbpages) give
 the same 2038 calls relative to the image (high-map offsets from _text, pfns from
@@ -81,7 +81,7 @@ from dataclasses import dataclass
 
 from ..machine import Machine
 
-DATA_GLOB = "data/kernel-boot-*.trace"  # relative to configs/scenarios/
+DATA_GLOB = "data/kernel-boot-*.trace"  # relative to dmsim/configs/scenarios/
 START_KERNEL = "# @start_kernel"
 KERNEL_INIT = "# @kernel_init"
 _COUNTERS = ("DirectMap4k", "DirectMap2M", "DirectMap1G")
@@ -321,8 +321,9 @@ def default_paths() -> list[str]:
 
 
 def _rel(p: str) -> str:
-    """A data file's name for the trace header: from the repository's root when it is
-    in it (the same bytes whatever the current directory), else as given."""
+    """A data file's name for the trace header: from the dmsim package directory when
+    it is in it (configs/scenarios/data/...: the same bytes whatever the current
+    directory, and wherever dmsim is installed), else as given."""
     from .scenario import SCENARIO_DIR
 
     root = os.path.dirname(os.path.dirname(SCENARIO_DIR))
@@ -337,7 +338,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m dmsim.gen.kernel_calls",
         description="Write the kernel image's boot-time CPA calls of a recorded boot "
-                    "as a native trace (configs/scenarios/data/kernel-boot-*.trace).")
+                    "as a native trace (dmsim/configs/scenarios/data/kernel-boot-*.trace).")
     ap.add_argument("trace", help="a recorded boot (traces/real/*.trace.gz)")
     ap.add_argument("-o", "--output", required=True, help="the data file to write (- for stdout)")
     a = ap.parse_args(argv)

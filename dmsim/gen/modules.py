@@ -1,6 +1,6 @@
 """Module loads and unloads as Linux 6.1 does them, with Debian's module sizes.
 
-Sizes: configs/scenarios/data/module-sizes-debian-6.1.0-56.csv, computed from the
+Sizes: dmsim/configs/scenarios/data/module-sizes-debian-6.1.0-56.csv, computed from the
 .ko files of linux-image-6.1.0-56-amd64 by record/module_sizes.py (which explains
 the layout rules it follows). One load, `load_module()` in kernel/module/main.c:
 
@@ -37,8 +37,8 @@ import numpy as np
 from . import rows as R
 
 PAGE = 4096
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "scenarios", "data")
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "scenarios", "data")
 DEFAULT_SIZES = os.path.join(DATA_DIR, "module-sizes-debian-6.1.0-56.csv")
 STEP = 1e-5  # seconds between the calls of one load (they interleave with nothing else)
 

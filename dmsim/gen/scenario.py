@@ -1,10 +1,10 @@
-"""Load a scenario YAML and check every key (configs/scenarios/README.md).
+"""Load a scenario YAML and check every key (dmsim/configs/scenarios/README.md).
 
 A scenario may `include:` other files (a name or a list, relative to it); their
 mappings are merged key by key under the scenario's own (mappings recursively,
 anything else replaced). Every problem raises ScenarioError naming the file the
 offending key came from and the key's path, e.g.
-`configs/scenarios/modules.yaml: modules.cycles: expected a number, got 'many'`,
+`dmsim/configs/scenarios/modules.yaml: modules.cycles: expected a number, got 'many'`,
 so a typo cannot silently change a workload.
 """
 
@@ -14,8 +14,8 @@ import os
 
 from ..yamlfile import load_yaml
 
-SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "scenarios")
+SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs", "scenarios")  # dmsim/configs/scenarios/, package data
 
 
 class ScenarioError(ValueError):
@@ -23,7 +23,7 @@ class ScenarioError(ValueError):
 
 
 def resolve(name: str) -> str:
-    """A scenario name (`boot`) is configs/scenarios/<name>.yaml; anything else is a path."""
+    """A scenario name (`boot`) is dmsim/configs/scenarios/<name>.yaml; anything else is a path."""
     if os.sep not in name and not name.endswith((".yaml", ".yml")):
         path = os.path.join(SCENARIO_DIR, name + ".yaml")
         if not os.path.exists(path):

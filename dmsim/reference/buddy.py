@@ -120,9 +120,13 @@ class RefBuddy:
                     self.pageblock[pfn // PAGEBLOCK_NR_PAGES] = MOVABLE
         # memblock_free_all(): memory minus reserved, lowest first
         reserved = sorted((int(s), int(e)) for s, e in reserved_pfn_ranges)
+        self.boot_free: list[tuple[int, int]] = []  # what memblock_free_all() gave
         for s, e in mem:
             for start, end in _minus(s, e, reserved):
+                self.boot_free.append((start, end))
                 self._free_pages_memory(start, end)
+        # PageReserved pages that claim() handed to the allocator (free_reserved_area())
+        self.unreserved: set[int] = set()
         managed = [z.managed for z in self.zones]
         if pcp_batch_high is None:
             bh = pcp_defaults(managed, nr_cpus=nr_cpus, thp_recommended=pcp_thp)
@@ -516,6 +520,55 @@ class RefBuddy:
         if zone.pcp_count >= high:
             n = self._nr_pcp_free(zone, high, zone.pcp_batch, free_high)
             self._free_pcppages_bulk(zone, n, pindex)
+        return 0
+
+    # ---- blocks allocated before a trace began ---------------------------------------
+    def page_reserved(self, pfn):
+        """PageReserved(): every struct page starts reserved (memmap_init() and
+        reserve_bootmem_region(), init_unavailable_range() for holes); only the pages
+        memblock_free_all() frees, and those claim() unreserved, are not."""
+        return pfn not in self.unreserved and not any(s <= pfn < e for s, e in self.boot_free)
+
+    def claim(self, pfn, order):
+        """A block a trace frees without having allocated it: allocated before the trace
+        began, so it is made allocated where it is (0), or -1 when it cannot be.
+
+        - Free in the buddy lists: take_page_off_buddy() for a 2^order block. The free
+          block holding it comes off its list (del_page_from_free_list()) and
+          break_down_buddy_pages() puts back the halves that do not hold it, each at the
+          head of the list of the pageblock type of the free block's first page
+          (get_pfnblock_migratetype(page_head)); NR_FREE_PAGES drops by 2^order.
+        - Wholly PageReserved (memblock-reserved at boot, e.g. the kernel image's init
+          pages, which free_reserved_area() hands to the allocator one by one): its pages
+          stop being reserved and join the zone's managed pages
+          (adjust_managed_page_count()), as an allocated block its free will give back.
+        - Anything else (on a pcp list, allocated, partly free, outside one zone): -1."""
+        n = 1 << order
+        zone = self.zone_of(pfn)
+        if zone is None or pfn % n or not zone.spans(pfn + n - 1):
+            return -1
+        pages = range(pfn, pfn + n)
+        if all(self.page_reserved(p) for p in pages):
+            self.unreserved.update(pages)
+            zone.managed += n
+            self.allocated[pfn] = order
+            return 0
+        head = next((pfn - pfn % (1 << o) for o in range(MAX_ORDER)
+                     if self.buddy.get(pfn - pfn % (1 << o), -1) >= o), None)
+        if head is None or head + (1 << self.buddy[head]) < pfn + n:
+            return -1  # not in a free block, or the free block holding pfn is smaller
+        high = self.buddy[head]
+        mt = self.pageblock_mt(head)
+        self._del(zone, head, high)
+        while high > order:  # break_down_buddy_pages(zone, page_head, page, order, high, mt)
+            high -= 1
+            if pfn >= head + (1 << high):  # the block is in the upper half
+                self._add(zone, head, high, mt, tail=False)
+                head += 1 << high
+            else:
+                self._add(zone, head + (1 << high), high, mt, tail=False)
+        zone.nr_free_pages -= n
+        self.allocated[pfn] = order
         return 0
 
     def drain(self):

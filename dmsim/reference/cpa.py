@@ -727,10 +727,5 @@ def core_leaves(st: DirectMapState) -> list[tuple[int, int, int]]:
     return out
 
 
-def core_counters(st: DirectMapState) -> dict[str, int]:
-    """The numba state's counters, keyed like ReferenceDirectMap.counters()."""
-    return counters_from_row(st.counters)
-
-
 def counters_from_row(row) -> dict[str, int]:
     return {name: int(row[getattr(C, name)]) for name in COUNTER_NAMES}

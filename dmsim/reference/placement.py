@@ -17,6 +17,9 @@ Events by handle (dmsim/trace/events.py), as the baseline placement loop does th
 - EV_H_VFREE: vfree(); with VFREE_RESET_PERMS, vm_reset_perms():
   set_direct_map_invalid_noflush() on every page, then set_direct_map_default_noflush()
   on every page, then the pages are freed;
+- EV_H_CLAIM: a block allocated before the trace began (pfn in mask_set, order in
+  arg1), claimed where it is (RefBuddy.claim()); a block that is neither free nor
+  reserved is a handle error;
 - EV_H_CPA: set_memory_*() on the handle's pages: one call on the pfn range of a page
   handle (primary = checkalias, or the recorded primary with CPAF_RAW); for vmalloc
   pages one cpa_process_alias() call per page (numpages 1, NX dropped from both
@@ -362,7 +365,14 @@ class ReferencePlacement:
         elif kind == EV_CHECKPOINT:
             self.snapshots[arg0] = self.counters()
         elif kind == EV_H_CLAIM:
-            raise NotImplementedError("EV_H_CLAIM (claim_block()) is not modelled here")
+            # a block the recorded trace frees without having allocated it: allocated
+            # before the trace began, it stays where it was (trace/retarget.py); the
+            # allocator takes it off its free lists or out of the reserved pages
+            pfn = mask_set
+            if self.buddy.claim(pfn, arg1) == 0:
+                self.handles[h] = ("pages", pfn, arg1)
+            else:
+                self.extra["NR_HANDLE_ERRORS"] += 1
         elif kind in (EV_ALLOC, EV_FREE):
             pass  # recorded placement events: the placement loop has no use for them
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.buddy import MIGRATETYPE_NAMES, PAGEBLOCK_ORDER
+from ..core.buddy import PAGEBLOCK_ORDER
 from ..core.shadow import (
     AT_ALLOCATED,
     AT_BUDDY,
@@ -38,8 +38,11 @@ from ..core.shadow import (
     SRC_PCP,
 )
 from ..trace.events import EV_CHECKPOINT
+from .buddy import UNMAPPED_TYPES
 
 ZONE_NAMES = ("DMA", "DMA32", "Normal")
+# the simulator's migratetype index -> /proc/pagetypeinfo's name
+MIGRATETYPE_NAMES = {i: name for name, i in UNMAPPED_TYPES if i is not None}
 OUTCOMES = {OUT_HIT: "hit", OUT_MOVED: "moved", OUT_NOT_FREE: "not_free_in_model",
             OUT_MODEL_OOM: "model_oom", OUT_LOST: "lost"}
 WHERE = {AT_PCP: "pcp list", AT_BUDDY: "buddy free list", AT_ALLOCATED: "allocated",
@@ -137,7 +140,7 @@ def shadow_report(r, max_divergences: int = 10) -> dict:
 
 def _mt(v) -> str | None:
     v = int(v)
-    return MIGRATETYPE_NAMES[v] if 0 <= v < len(MIGRATETYPE_NAMES) else None
+    return MIGRATETYPE_NAMES.get(v)
 
 
 def _fmt(x) -> str:

@@ -32,14 +32,30 @@ def decompress(path: str, data: bytes) -> bytes:
         if data.startswith(MAGIC_XZ):
             return lzma.decompress(data)
         if data.startswith(MAGIC_ZSTD):
-            import zstandard
-
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            return _zstd_frames(path, data)
+    except TraceError:
+        raise
     except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
         raise TraceError(path, 0, f"corrupt compressed data: {e}") from None
     except Exception as e:  # zstandard.ZstdError
         raise TraceError(path, 0, f"corrupt compressed data: {e}") from None
     return data
+
+
+def _zstd_frames(path: str, data: bytes) -> bytes:
+    """Every frame of a zstd file, in order (`zstd` and `cat a.zst b.zst` write several;
+    one decompressobj() stops at the end of the first), and an error for a cut-off one."""
+    import zstandard
+
+    out = []
+    dctx = zstandard.ZstdDecompressor()
+    while data:
+        obj = dctx.decompressobj()
+        out.append(obj.decompress(data))
+        if not obj.eof:
+            raise TraceError(path, 0, "corrupt compressed data: a zstd frame is cut off")
+        data = obj.unused_data
+    return b"".join(out)
 
 
 def read_data(path: str) -> tuple[bytes, str]:
