@@ -99,6 +99,32 @@ def bench_trace(path: str, repeat: int) -> None:
           f"replay {n / (t2 - t1) / 1e6:.2f} M events/s, end-to-end {n / (t2 - t0) / 1e6:.2f} M events/s")
 
 
+def bench_recorded_placement(path: str, repeat: int) -> None:
+    """--placement simulate and shadow of a recorded trace: retarget (with its
+    recorded-placement replay for the table pages), then the placement loop."""
+    from dmsim.load import load_trace
+    from dmsim.simulate import shadow, simulate
+    from dmsim.trace.retarget import to_simulated_placement
+
+    t = load_trace(path)
+    s = to_simulated_placement(t)
+    simulate(s), shadow(s)  # warm
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        s = to_simulated_placement(t)
+    t1 = time.perf_counter()
+    for _ in range(repeat):
+        simulate(s)
+    t2 = time.perf_counter()
+    for _ in range(repeat):
+        shadow(s)
+    t3 = time.perf_counter()
+    n = len(s.events) * repeat
+    print(f"recorded placement: {path}: {len(s.events):,} events; retarget "
+          f"{n / (t1 - t0) / 1e6:.2f} M events/s, simulate {n / (t2 - t1) / 1e6:.2f} M events/s, "
+          f"shadow {n / (t3 - t2) / 1e6:.2f} M events/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -131,6 +157,7 @@ def main() -> None:
             with open(native, "w") as f:
                 write_native(load_trace(p), f)
             bench_trace(native, a.repeat)
+        bench_recorded_placement("traces/real/vm2g-frag-pipes.trace.gz", a.repeat)
     print(f"peak memory (ru_maxrss): {peak_rss_mib():.0f} MiB")
 
 

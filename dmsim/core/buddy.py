@@ -146,8 +146,10 @@ STAT_NAMES = {
     "pgalloc_dma": 3, "pgalloc_dma32": 4, "pgalloc_normal": 5, "pgfree": 6,
     "alloc_fail": 7, "alloc_fail_pages": 8, "extfrag": 9, "extfrag_fragmenting": 10,
     "pageblock_claimed": 11, "pcp_refill": 12, "pcp_drain": 13, "bad_free": 14,
-    "nr_alloc": 15, "nr_free_calls": 16, "pretrace_pages": 18, "pretrace_miss": 19,
+    "nr_alloc": 15, "nr_free_calls": 16,
 }
+# recorded traces' placement (core/pretrace.py): stat() only, not the allocator's counters()
+PRETRACE_STAT_NAMES = {"pretrace_pages": S_PRETRACE_PAGES, "pretrace_miss": S_PRETRACE_MISS}
 
 # The 6.1 fallbacks[] table (mm/page_alloc.c), -1 where it says MIGRATE_TYPES.
 FALLBACKS_6_1 = np.array([
@@ -1025,7 +1027,8 @@ class BuddyState:
         return [z for z in range(MAX_NR_ZONES) if self.zone_info[z, Z_PRESENT] > 0]
 
     def stat(self, name: str) -> int:
-        return int(self.stats[STAT_NAMES[name]])
+        idx = STAT_NAMES[name] if name in STAT_NAMES else PRETRACE_STAT_NAMES[name]
+        return int(self.stats[idx])
 
     def counters(self) -> dict[str, int]:
         return {k: int(self.stats[v]) for k, v in STAT_NAMES.items()}
