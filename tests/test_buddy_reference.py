@@ -45,6 +45,9 @@ configs = st.fixed_dictionaries({
     "pcp_thp": st.booleans(),
     "nofragment": st.booleans(),
     "pcp_batch_high": st.sampled_from([None, (1, 0), (2, 8), (4, 12), (7, 20), (15, 60), (31, 64)]),
+    # the vm sysctls written after boot (None / 10: the boot sizes, each model its own)
+    "min_free_kbytes": st.sampled_from([None, None, None, 0, 512, 8192]),
+    "watermark_scale_factor": st.sampled_from([10, 10, 1, 300]),
 })
 
 
@@ -106,6 +109,13 @@ def assert_same(core, ref):
     assert core.pageblock_mt.tolist() == ref.pageblock_types(core.pageblock_mt.shape[0])
     assert core.counters() == ref.counters()
     for z in ref.zones:
+        # boot sizing: zones.boot_sizing() against the reference's own page_alloc.c reading
+        assert core.zone_info[z.idx, b.Z_WMARK_MIN] == z.watermark[0]
+        assert core.zone_info[z.idx, b.Z_WMARK_LOW] == z.watermark[1]
+        for j in range(z.idx + 1, 3):
+            assert core.zone_info[z.idx, b.Z_LOWMEM_RESERVE + j - z.idx - 1] == z.lowmem_reserve[j]
+        assert core.zone_info[z.idx, b.Z_PCP_HIGH] == z.pcp_high
+        assert core.zone_info[z.idx, b.Z_PCP_BATCH] == z.pcp_batch
         assert core.zone_info[z.idx, b.Z_PCP_COUNT] == z.pcp_count
         assert core.zone_info[z.idx, b.Z_PCP_FREE_FACTOR] == z.free_factor
         assert core.zone_info[z.idx, b.Z_MANAGED] == z.managed

@@ -23,8 +23,14 @@ BASE = 0x1000
 SMALL = [(BASE, BASE + 8 * 1024)]
 
 
+# vm.min_free_kbytes=0 and vm.watermark_scale_factor=1 (the sysctls' lowest values): every
+# watermark of the 8192-page zone is 0, so a rule test can fill the zone; the watermark
+# tests below use the boot-time sizes
+WMARK_ZERO = {"min_free_kbytes": 0, "watermark_scale_factor": 1}
+
+
 def small(pcp=False, **kw):
-    return b.buddy_init(SMALL, pcp=pcp, **kw)
+    return b.buddy_init(SMALL, pcp=pcp, **{**WMARK_ZERO, **kw})
 
 
 def free_pages_in(st, zone=ZONE_DMA32):
@@ -247,17 +253,68 @@ def test_pcp_off_goes_straight_to_the_buddy_lists():
     assert st.nr_free(ZONE_DMA32, 10) == 8
 
 
+# DMA [0x100, 0x1000) = 3840 pages and DMA32 [0x1000, 0x1800) = 2048 pages, sized at boot:
+# calculate_min_free_kbytes: int_sqrt(5888 * 4 * 16) = 613 kB -> pages_min 153: DMA min 99,
+# high 147; DMA32 min 53, high 79. set_recommended_min_free_kbytes: min(11264,
+# nr_free_buffer_pages (3693 + 1969) / 20 = 283) pages = 1132 kB > 613, so pages_min 283:
+# DMA min 283*3840/5888 = 184, low 184 + 46 = 230; DMA32 min 98, low 98 + 24 = 122.
+# lowmem_reserve: DMA's for DMA32/Normal requests = 2048 / 256 = 8.
+DMA_DMA32 = [(0x100, 0x1800)]
+
+
+def test_boot_sizes_watermarks_and_lowmem_reserve():
+    st = b.buddy_init(DMA_DMA32, pcp=False)
+    zi = st.zone_info
+    assert zi[ZONE_DMA, b.Z_WMARK_MIN] == 184 and zi[ZONE_DMA, b.Z_WMARK_LOW] == 230
+    assert zi[ZONE_DMA32, b.Z_WMARK_MIN] == 98 and zi[ZONE_DMA32, b.Z_WMARK_LOW] == 122
+    assert zi[ZONE_DMA, b.Z_LOWMEM_RESERVE:b.Z_LOWMEM_RESERVE + 2].tolist() == [8, 8]
+    assert zi[ZONE_DMA32, b.Z_LOWMEM_RESERVE] == 0  # Normal has no managed pages
+    # pcp: batch max(1, zone_batchsize()) = 1, high = the low watermark (one CPU)
+    pcp = b.buddy_init(DMA_DMA32)
+    assert pcp.zone_info[ZONE_DMA, b.Z_PCP_HIGH] == 230 and pcp.zone_info[ZONE_DMA32, b.Z_PCP_HIGH] == 122
+    assert pcp.zone_info[ZONE_DMA32, b.Z_PCP_BATCH] == 1
+
+
 def test_zone_fallback_normal_dma32_dma():
-    # DMA [0x100, 0x1000) and DMA32 [0x1000, 0x1800)
-    st = b.buddy_init([(0x100, 0x1800)], pcp=False)
+    st = b.buddy_init(DMA_DMA32, pcp=False)
     assert st.alloc(ZONE_DMA32, 10, M) == 0x1000
-    assert st.alloc(ZONE_NORMAL, 10, M) == 0x1400  # Normal unpopulated: DMA32 is preferred
-    p = st.alloc(ZONE_NORMAL, 10, M)
-    assert 0x100 <= p < 0x1000  # zonelist falls back to DMA
-    assert st.stat("pgalloc_dma") == 1024 and st.stat("pgalloc_dma32") == 2048
+    # Normal unpopulated: DMA32 is preferred, but 1024 - 1023 free pages are not above its
+    # low watermark (122): the zonelist falls back to DMA (2817 > 230 + lowmem_reserve 8),
+    # whose order-10 blocks are 0x400, 0x800, 0xc00 (0x100 and 0x200 are orders 8 and 9)
+    assert st.alloc(ZONE_NORMAL, 10, M) == 0x400
+    assert st.alloc(ZONE_NORMAL, 10, M) == 0x800
+    assert st.stat("pgalloc_dma") == 2048 and st.stat("pgalloc_dma32") == 1024
+    # an order-0 request still fits DMA32 (1024 > 122): its preferred zone comes first
+    assert st.alloc(ZONE_NORMAL, 0, M) == 0x1400
     # a __GFP_DMA request never leaves ZONE_DMA
-    st2 = b.buddy_init([(0x100, 0x1800)], pcp=False)
+    st2 = b.buddy_init(DMA_DMA32, pcp=False)
     assert st2.alloc(ZONE_DMA, 0, M) < 0x1000
+
+
+def test_watermarks_stop_order0_allocations_at_min():
+    # the 8192-page zone at boot: 1584 kB (recommended: 396 pages, 5% of 8192 - 271) so
+    # min 396, low 396 + 99 = 495. The fast path (low) serves while free > 495, the slow
+    # path's retry at min while free > 396: 8192 - 396 pages, then the zone is refused.
+    st = small(min_free_kbytes=None, watermark_scale_factor=10)
+    assert st.zone_info[ZONE_DMA32, b.Z_WMARK_MIN] == 396 and st.zone_info[ZONE_DMA32, b.Z_WMARK_LOW] == 495
+    ops = np.array([(b.OP_ALLOC, ZONE_DMA32, 0, M)] * 8192, np.int64)
+    out = st.run(ops)
+    assert (out[:8192 - 396] >= 0).all() and (out[8192 - 396:] == -1).all()
+    assert st.stat("nr_free_pages_dma32") == 396 and st.stat("alloc_fail") == 396
+    # an order-3 request needs free - 7 > 396: refused at 396 free pages as well
+    assert st.alloc(ZONE_DMA32, 3, M) == -1
+
+
+def test_lowmem_reserve_keeps_dma_for_dma_requests():
+    st = b.buddy_init(DMA_DMA32, pcp=False)
+    # empty DMA32 down to its min (98), then a Normal request takes DMA pages while DMA's
+    # free pages exceed min 184 + lowmem_reserve[Normal] 8 (the slow path's retry at min)
+    out = st.run(np.array([(b.OP_ALLOC, ZONE_NORMAL, 0, M)] * 6000, np.int64))
+    assert st.stat("nr_free_pages_dma32") == 98 and st.stat("nr_free_pages_dma") == 192
+    assert (out >= 0).sum() == (2048 - 98) + (3840 - 192)
+    # a __GFP_DMA request (highest_zoneidx DMA) has no lowmem_reserve: down to 184
+    out = st.run(np.array([(b.OP_ALLOC, ZONE_DMA, 0, U)] * 20, np.int64))
+    assert (out >= 0).sum() == 8 and st.stat("nr_free_pages_dma") == 184
 
 
 def _dma32_and_normal(nofragment):
@@ -332,9 +389,10 @@ def test_zone_layout_and_pcp_defaults():
     assert not zs[ZONE_NORMAL].populated
     # zone_batchsize: min(managed >> 10, 256) / 4 -> rounddown_pow_of_two(b + b/2) - 1
     assert zone_batchsize(520157) == 63 and zone_batchsize(3840) == 0
+    # min_free_kbytes 45056 (2 zones * 11 pageblocks): DMA min 11264 * 3840 / 523997 = 82,
+    # low 82 + 20; DMA32 min 11181, low 11181 + 2795; high = low (one CPU)
     batch_high = pcp_defaults([3840, 520157, 0])
-    assert batch_high[0][0] == 1 and batch_high[1][0] == 63 and batch_high[2] == (1, 0)
-    assert batch_high[1][1] >= 63 * 4
+    assert batch_high == [(1, 102), (63, 13976), (1, 0)]
 
 
 def test_memory_budget_is_about_ten_bytes_per_page():

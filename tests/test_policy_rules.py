@@ -8,8 +8,11 @@ The reference side runs first, so a failure names the side that broke
 
 Machines (all booted the qemu way: low RAM from 0x1000, RAM from 1 MiB):
 - SMALL, 20 MiB: ZONE_DMA [0x1, 0x1000) and ZONE_DMA32 = [0x1000, 0x1400), one max-order
-  block (pageblocks 8 and 9, MOVABLE after boot; its pcp batch is 1, high 63). Normal
-  requests fall back from the empty Normal zone to DMA32, then DMA. The direct map
+  block (pageblocks 8 and 9, MOVABLE after boot; its pcp batch is 1, high 60). Normal
+  requests fall back from the empty Normal zone to DMA32, then DMA. Boot sizes the
+  watermarks (min_free_kbytes 928 kB: 5% of nr_free_buffer_pages): DMA32 min 48, low 60;
+  DMA min 183, low 228, lowmem_reserve 4 for DMA32/Normal requests. An order-10 request
+  never gets DMA32's block (1024 - 1023 free pages are not above 60): it takes DMA's. The direct map
   is 4K over the first 2M and 2M leaves above (0x1000-0x11ff is the 2M leaf at 0x1000).
 - MID, 64 MiB: ZONE_DMA32 = [0x1000, 0x4000), twelve order-10 blocks 0x1000, 0x1400,
   ... 0x3c00 (pageblocks 8-31), pcp batch 3.
@@ -240,23 +243,26 @@ def test_other_types_fall_back_to_unmapped_last():
 
 
 def test_unmovable_takes_unmapped_pages_when_nothing_else_is_left():
-    # SMALL. h1 (__GFP_UNMAPPED order 10) takes DMA32's only block 0x1000; its page
-    # table comes from DMA (DMA32 has nothing left). Freed, it lies on UNMAPPED's
-    # order-10 list, pageblock 8 UNMAPPED, 9 still MOVABLE. h2 (unmovable order 0):
-    # DMA32 passes the watermark (1024 free pages) and its only free block is UNMAPPED's,
-    # last in fallbacks[UNMOVABLE]: stolen whole (order 10 >= pageblock_order:
-    # change_pageblock_range() makes pageblocks 8 and 9 UNMOVABLE). h2 = 0x1000, which
-    # stays mapped (no __GFP_UNMAPPED) and is mapped already (h1's free mapped it back).
-    body = "page_alloc 1 10 unmapped=secretmem\npage_free 1\npage_alloc 2 0\n"
-
+    # SMALL. CLAIM leaves DMA32's free pages on UNMAPPED's lists only (pageblock 8's 508
+    # free pages; h2 holds pageblock 9). h5 (unmovable order 0): DMA32 passes its low
+    # watermark (508 > 60); UNMOVABLE, RECLAIMABLE and MOVABLE are empty and UNMAPPED is
+    # last in fallbacks[UNMOVABLE]: at order 7 (largest first) UNMAPPED's 0x1080 is found;
+    # an unmovable request may steal the whole pageblock (can_steal_fallback()): its 508
+    # free pages move to UNMOVABLE (>= 256: pageblock 8 turns UNMOVABLE, the second claim)
+    # and __rmqueue_smallest() takes the smallest block, 0x1002 (o1): h5 = 0x1002, 0x1003
+    # left at order 0. h5 stays mapped (no __GFP_UNMAPPED): no CPA call after CLAIM's 4.
+    # (Before watermarks were sized, an order-10 request emptied DMA32 to get here; it
+    # now takes DMA's block, 1024 - 1023 free pages not being above DMA32's low of 60.)
     def expect(v: View):
-        counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=2, NR_CPA_CALLS=2 + 1024 + 1024)
-        assert v.pb(0x1000) == UNMOVABLE and v.pb(0x1200) == UNMOVABLE
+        counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=1, NR_CPA_CALLS=4, NR_UNMAPPED_PAGEBLOCKS=1)
+        assert v.pb(0x1000) == UNMOVABLE and v.pb(0x1200) == MOVABLE
         lists = v.zone_lists(DMA32)
-        assert (10, UNMAPPED) not in lists
-        assert lists[(9, UNMOVABLE)] == [0x1200]
-        assert v.leaves[(L4K, 0x1000)] == RESTORED
-    both(SMALL, body, MIGRATE_UNMAPPED, expect)
+        assert {t for _o, t in lists} == {UNMOVABLE}
+        assert lists[(0, UNMOVABLE)] == [0x1003] and lists[(1, UNMOVABLE)] == [0x1102]
+        assert lists[(7, UNMOVABLE)] == [0x1080, 0x1180]
+        assert v.leaves[(L4K, 0x1002)] == PK
+        assert v.stats["pageblock_claimed"] == 2
+    both(SMALL, CLAIM + "page_alloc 5 0\n", MIGRATE_UNMAPPED, expect)
 
 
 UNMAP = "page_alloc 1 1 unmapped=secretmem\n"
@@ -488,43 +494,47 @@ def test_migrate_unmapped_with_cpa_merge_splits_each_new_pageblock_twice():
 
 
 def test_a_map_back_merge_frees_its_page_table_before_the_page():
-    # SMALL, migrate_unmapped + cpa_merge. 64 module pages at 0x1000-0x103f (pageblock 8,
+    # SMALL, migrate_unmapped + cpa_merge. 61 module pages at 0x1000-0x103c (pageblock 8,
     # UNMAPPED); the conversion's split/merge/split as above leaves one PTE table, whose
     # page is 0x1200 (an unmovable steal of pageblock 9, its other pages free). vfree
-    # frees the pages one by one, each mapped back first (free_pages_prepare()). The 64th
+    # frees the pages one by one, each mapped back first (free_pages_prepare()). The 61st
     # map-back makes the table whole: it merges, and __free_page(pgt) runs inside
-    # free_pages_prepare(), so 0x1200 reaches the unmovable pcp list before the 64th page
-    # reaches the UNMAPPED one. That page table's free lifts the pcp count to high (63),
-    # so the drain starts at its list and gives 0x1200 back to the buddy, where it merges
-    # with the rest of pageblock 9: one free order-9 block. Calls: 2 + 64 + 64.
+    # free_pages_prepare(), so 0x1200 reaches the unmovable pcp list before the 61st page
+    # reaches the UNMAPPED one. That page table's free lifts the pcp count to high (60,
+    # DMA32's low watermark), so the drain starts at its list and gives 0x1200 back to
+    # the buddy, where it merges with the rest of pageblock 9: one free order-9 block.
+    # (With 64 pages the count reaches 60 three frees earlier and 0x1200 stays on the pcp
+    # list.) Calls: 2 + 61 + 61.
     policy = Policy(name="mu+merge", alloc="migrate_unmapped", merge="cpa_merge")
 
     def expect(v: View):
         counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=2, DIRECT_MAP_LEVEL1_MERGE=2, NR_PTE_TABLES=2,
-                     NR_PT_FREED=2, NR_CPA_CALLS=130)
+                     NR_PT_FREED=2, NR_CPA_CALLS=124)
         assert v.zone_lists(DMA32, UNMOVABLE) == {(9, UNMOVABLE): [0x1200]}
-    both(SMALL, "vmalloc 1 64 unmapped=module\nvfree 1\n", policy, expect)
+    both(SMALL, "vmalloc 1 61 unmapped=module\nvfree 1\n", policy, expect)
 
 
 def test_a_map_back_that_splits_and_merges_frees_the_table_it_allocated():
     # SMALL, migrate_unmapped + cpa_merge (found by the property test). h1, order 10,
-    # takes the DMA32 block 0x1000-0x13ff; the conversion splits and merges 0x1000's
-    # leaf (split 1, merge 1), post_alloc_hook()'s 1024 invalid calls split 0x1000 and
-    # 0x1200 (splits 2, 3; their tables take DMA's 0x100 and 0x101, DMA32 being
-    # empty). "set_memory p" makes all 1024 ptes PRESENT (still not RW): both tables
-    # are whole and merge (merges 2, 3; 0x100 and 0x101 go to the unmovable pcp list).
-    # The free maps the pages back one call each: 0x1000's call splits the 2M leaf
-    # again, taking the pcp head 0x101, and 0x11ff's call merges it, freeing that
-    # same page inside the same free_pages_prepare() (split 4, merge 4); 0x1200 and
-    # 0x13ff likewise (split 5, merge 5). No table page may leak: the pcp list ends
-    # as it was after "set_memory p". Calls: 2 + 1024 + 1 + 1024.
+    # fails DMA32's low watermark and takes DMA's block 0x400-0x7ff; the conversion
+    # splits and merges 0x400's leaf (split 1, merge 1), post_alloc_hook()'s 1024
+    # invalid calls split 0x400 and 0x600 (splits 2, 3; their tables are unmovable
+    # order-0 pages from DMA32, the preferred zone: MOVABLE's block stolen whole, pcp
+    # batch 1: 0x1000, then 0x1001). "set_memory p" makes all 1024 ptes PRESENT (still
+    # not RW): both tables are whole and merge (merges 2, 3; 0x1000 and 0x1001 go to the
+    # unmovable pcp list). The free maps the pages back one call each: 0x400's call
+    # splits the 2M leaf again, taking the pcp head 0x1001, and 0x5ff's call merges it,
+    # freeing that same page inside the same free_pages_prepare() (split 4, merge 4);
+    # 0x600 and 0x7ff likewise (split 5, merge 5). No table page may leak: the pcp list
+    # ends as it was after "set_memory p". Calls: 2 + 1024 + 1 + 1024.
     policy = Policy(name="mu+merge", alloc="migrate_unmapped", merge="cpa_merge")
 
     def expect(v: View):
         counters_are(v, DIRECT_MAP_LEVEL2_SPLIT=5, DIRECT_MAP_LEVEL1_MERGE=5, NR_PTE_TABLES=5,
                      NR_PT_FREED=5, NR_CPA_CALLS=2051, NR_DIRECT_4K=0, NR_DIRECT_2M=0)
-        assert v.pcp == {(0, UNMOVABLE): [0x101, 0x100]}
-        assert v.leaves[(L2M, 0x1000)] == PK | PSE  # RFC 1/4 gave _PAGE_GLOBAL back
+        assert v.pcp == {(DMA32, UNMOVABLE): [0x1001, 0x1000]}
+        assert v.leaves[(L2M, 0x400)] == PK | PSE  # RFC 1/4 gave _PAGE_GLOBAL back
+        assert v.leaves[(L2M, 0x600)] == PK | PSE
     both(SMALL, "page_alloc 1 10 unmapped=module\nset_memory p 1\npage_free 1\n", policy,
          expect)
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .zones import MAX_NR_ZONES, ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, pcp_defaults, zone_layout
+from .zones import MAX_NR_ZONES, ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, boot_sizing, zone_layout
 
 # include/linux/mmzone.h (6.1)
 MAX_ORDER = 11  # orders 0..MAX_ORDER-1
@@ -102,7 +102,7 @@ Z_PCP_COUNT = 4  # pcp->count (pages)
 Z_PCP_HIGH = 5  # pcp->high
 Z_PCP_BATCH = 6  # pcp->batch
 Z_PCP_FREE_FACTOR = 7  # pcp->free_factor
-Z_WMARK_MIN = 8  # _watermark[WMARK_MIN] (0: watermarks not modelled)
+Z_WMARK_MIN = 8  # _watermark[WMARK_MIN] (zones.boot_sizing(); watermark_boost stays 0)
 Z_WMARK_LOW = 9  # _watermark[WMARK_LOW]
 Z_LOWMEM_RESERVE = 10  # lowmem_reserve[j] for j = this + 1 .. (3 columns)
 Z_UNMAPPED_COLLAPSE = 13  # 1: migrate_unmapped with its FIXME in __free_one_page() enabled
@@ -672,8 +672,11 @@ def rmqueue_buddy(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_in
 def zone_watermark_ok(free_ends, zone_info, stats, zone, order, mark, highest_zoneidx):
     """zone_watermark_fast() / __zone_watermark_ok() for a plain (non-atomic) request.
 
-    With watermarks at 0 (the default) this still refuses a zone whose buddy lists
-    hold fewer than 1 << order pages or no block of a large enough order.
+    free pages (less 2^order - 1) must exceed mark + lowmem_reserve[highest_zoneidx]
+    (buddy_init() sizes both as boot does, zones.boot_sizing()), and for order > 0 a free
+    block of at least that order must exist. No nr_reserved_highatomic (highatomic
+    reserves are not modelled), no ALLOC_HIGH/ALLOC_HARDER reductions of mark (the slow
+    path here retries at the plain min watermark).
     """
     free_pages = stats[S_NR_FREE_PAGES + zone]
     reserve = 0
@@ -1101,14 +1104,19 @@ def _subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> li
 def buddy_init(memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp: bool = True,
                pcp_thp: bool = True, pcp_batch_high=None, nr_cpus: int = 1,
                nofragment: bool = True, pcp_batch_scale_max: int = 5,
-               fallbacks: np.ndarray | None = None) -> BuddyState:
+               fallbacks: np.ndarray | None = None, min_free_kbytes: int | None = None,
+               watermark_scale_factor: int = 10) -> BuddyState:
     """Build the allocator as 6.1 leaves it after ``memblock_free_all()``.
 
     ``memory_pfn_ranges``: memblock.memory as [start_pfn, end_pfn) (RAM, pages rounded
     inwards); ``reserved_pfn_ranges``: memblock.reserved, never freed. The free ranges
     are memory minus reserved, freed in ascending order.
 
-    ``pcp_batch_high``: None for the 6.1 defaults of ``zones.pcp_defaults`` (batch from
+    The watermarks (min, low) and lowmem_reserve[] are sized from the managed pages as boot
+    sizes them (``zones.boot_sizing``: init_per_zone_wmark_min(), then khugepaged's
+    set_recommended_min_free_kbytes() when ``pcp_thp``, i.e. with THP enabled);
+    ``min_free_kbytes`` / ``watermark_scale_factor``: the vm sysctls written after boot.
+    ``pcp_batch_high``: None for the 6.1 defaults of ``boot_sizing`` (batch from
     zone_batchsize(), high from the zone's low watermark), a (batch, high) pair for every
     zone, or a list of pairs per zone. ``pcp=False`` bypasses the per-CPU lists entirely.
     """
@@ -1151,8 +1159,18 @@ def buddy_init(memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp: bool = True,
     memblock_free_all(st.page_next, st.page_prev, st.page_order, st.page_flags, st.pageblock_mt,
                       st.free_ends, st.free_count, st.zone_info, st.stats, free_arr)
     managed = [int(st.zone_info[z, Z_MANAGED]) for z in range(MAX_NR_ZONES)]
+    # init_per_zone_wmark_min() and khugepaged's set_recommended_min_free_kbytes() (THP
+    # enabled with pcp_thp): watermarks, lowmem_reserve[] and pcp sizes from managed pages
+    present = [int(st.zone_info[z, Z_PRESENT]) for z in range(MAX_NR_ZONES)]
+    sizing = boot_sizing(managed, present, nr_cpus=nr_cpus, thp=pcp_thp,
+                         min_free_kbytes=min_free_kbytes,
+                         watermark_scale_factor=watermark_scale_factor)
+    for z in range(MAX_NR_ZONES):
+        st.zone_info[z, Z_WMARK_MIN], st.zone_info[z, Z_WMARK_LOW], _high = sizing.wmarks[z]
+        for j in range(z + 1, MAX_NR_ZONES):
+            st.zone_info[z, Z_LOWMEM_RESERVE + j - z - 1] = sizing.lowmem_reserve[z][j]
     if pcp_batch_high is None:
-        bh = pcp_defaults(managed, nr_cpus=nr_cpus, thp_recommended=pcp_thp)
+        bh = sizing.pcp
     elif isinstance(pcp_batch_high, tuple):
         bh = [pcp_batch_high] * MAX_NR_ZONES
     else:

@@ -6,11 +6,13 @@ Pure Python, no numba: these run once, before the allocator kernels in
 - ``zone_layout``: ``free_area_init`` / ``zone_spanned_pages_in_node`` (mm/page_alloc.c):
   each zone spans the node's pfn range clamped to the arch limits
   (``MAX_DMA_PFN`` = 16 MiB, ``MAX_DMA32_PFN`` = 4 GiB on x86-64).
-- ``pcp_defaults``: ``zone_batchsize`` / ``zone_highsize`` with the low watermark
-  that ``__setup_per_zone_wmarks`` derives from ``min_free_kbytes``
-  (``calculate_min_free_kbytes``), optionally raised by khugepaged's
-  ``set_recommended_min_free_kbytes`` (mm/khugepaged.c) as on a kernel with
-  transparent hugepages enabled (Debian: ``madvise``).
+- ``boot_sizing``: min_free_kbytes (``calculate_min_free_kbytes``, raised by khugepaged's
+  ``set_recommended_min_free_kbytes`` (mm/khugepaged.c) on a kernel with transparent
+  hugepages enabled: Debian's 6.1 boots with THP "always", and the guests' min_free_kbytes
+  of 45056/67584 kB is exactly the recommended value), the watermarks
+  (``__setup_per_zone_wmarks``), ``lowmem_reserve[]`` (``setup_per_zone_lowmem_reserve``)
+  and the pcp batch/high (``zone_batchsize`` / ``zone_highsize``); ``pcp_defaults`` is its
+  pcp part. Checked against the real guests in tests/test_zones.py (docs/kernel-notes.md).
 """
 
 from __future__ import annotations
@@ -91,28 +93,39 @@ def zone_batchsize(managed_pages: int) -> int:
     return rounddown_pow_of_two(batch + batch // 2) - 1
 
 
-def min_free_kbytes_for(lowmem_pages: int, thp_recommended: bool, nr_populated_zones: int) -> int:
-    """``calculate_min_free_kbytes`` then khugepaged's ``set_recommended_min_free_kbytes``.
+LOWMEM_RESERVE_RATIO = (256, 256, 32)  # sysctl_lowmem_reserve_ratio[] (DMA, DMA32, Normal)
+WATERMARK_SCALE_FACTOR = 10  # watermark_scale_factor
 
-    calculate_min_free_kbytes: int_sqrt(lowmem_kbytes * 16) clamped to [128, 262144].
-    set_recommended_min_free_kbytes (THP enabled, 6.1): 2 free pageblocks per zone
-    plus MIGRATE_PCPTYPES^2 pageblocks per zone for fallbacks, capped at 5% of
-    lowmem, applied only when larger.
+
+def nr_free_buffer_pages(managed: list[int], high_wmarks: list[int]) -> int:
+    """``nr_free_buffer_pages``: sum of managed - high watermark over the zones up to
+    gfp_zone(GFP_USER) (``nr_free_zone_pages``; all three zones here)."""
+    return sum(max(0, m - h) for m, h in zip(managed, high_wmarks, strict=True))
+
+
+def calculate_min_free_kbytes(free_buffer_pages: int) -> int:
+    """``calculate_min_free_kbytes``: int_sqrt(lowmem_kbytes * 16) clamped to [128, 262144]
+    (no user_min_free_kbytes at boot)."""
+    return max(128, min(math.isqrt(free_buffer_pages * 4 * 16), 262144))
+
+
+def recommended_min_free_kbytes(nr_populated_zones: int, free_buffer_pages: int) -> int:
+    """khugepaged's ``set_recommended_min_free_kbytes`` (mm/khugepaged.c, 6.1), THP enabled:
+    2 free pageblocks per populated zone plus MIGRATE_PCPTYPES^2 pageblocks per zone for
+    fallbacks, capped at 5% of nr_free_buffer_pages(); the caller raises min_free_kbytes to
+    it only when it is larger."""
+    rec = PAGEBLOCK_NR_PAGES * nr_populated_zones * 2
+    rec += PAGEBLOCK_NR_PAGES * nr_populated_zones * MIGRATE_PCPTYPES * MIGRATE_PCPTYPES
+    return min(rec, free_buffer_pages // 20) * 4
+
+
+def watermarks(managed: list[int], min_free_kbytes: int,
+               watermark_scale_factor: int = WATERMARK_SCALE_FACTOR):
+    """``__setup_per_zone_wmarks``: (min, low, high) per zone, in pages.
+
+    min = pages_min * managed / lowmem_pages; low = min + tmp, high = low + tmp with
+    tmp = max(min / 4, mult_frac(managed, watermark_scale_factor, 10000)).
     """
-    kbytes = math.isqrt(lowmem_pages * 4 * 16)
-    kbytes = max(128, min(kbytes, 262144))
-    if thp_recommended:
-        rec = PAGEBLOCK_NR_PAGES * nr_populated_zones * 2
-        rec += PAGEBLOCK_NR_PAGES * nr_populated_zones * MIGRATE_PCPTYPES * MIGRATE_PCPTYPES
-        rec = min(rec, lowmem_pages // 20)
-        rec_kb = rec * 4
-        if rec_kb > kbytes:
-            kbytes = rec_kb
-    return kbytes
-
-
-def watermarks(managed: list[int], min_free_kbytes: int, watermark_scale_factor: int = 10):
-    """``__setup_per_zone_wmarks``: (min, low, high) per zone, in pages."""
     pages_min = min_free_kbytes >> 2
     lowmem = sum(managed)
     out = []
@@ -124,26 +137,87 @@ def watermarks(managed: list[int], min_free_kbytes: int, watermark_scale_factor:
     return out
 
 
-def pcp_defaults(managed: list[int], nr_cpus: int = 1, thp_recommended: bool = True):
-    """Per-zone (batch, high) as 6.1 sets them after boot: ``zone_set_pageset_high_and_batch``.
+def lowmem_reserve(managed: list[int], ratios=LOWMEM_RESERVE_RATIO) -> list[list[int]]:
+    """``setup_per_zone_lowmem_reserve`` (6.1): out[i][j] = zone i's lowmem_reserve[j].
 
-    batch = max(1, zone_batchsize(zone)); high = max(low_wmark / nr_split_cpus, batch * 4)
-    (``zone_highsize`` with percpu_pagelist_high_fraction == 0, cpu_online == 0 as in
-    ``setup_per_zone_wmarks`` -> ``zone_pcp_update(zone, 0)``). The low watermark comes
-    from ``__setup_per_zone_wmarks`` with min_free_kbytes from ``min_free_kbytes_for``;
-    ``nr_free_buffer_pages`` is approximated by the managed pages (the high watermark is
-    still 0 on the first call). Returns [(batch, high)] per zone; unpopulated zones
-    get (1, 0), the boot pageset.
+    For j > i: the managed pages of zones i+1..j over sysctl_lowmem_reserve_ratio[i], or 0
+    when the ratio is 0 or zone i has no managed pages; 0 for j <= i.
     """
-    populated = sum(1 for m in managed if m > 0)
-    mfk = min_free_kbytes_for(sum(managed), thp_recommended, populated)
-    wm = watermarks(managed, mfk)
-    out = []
-    for m, (_wmin, low, _high) in zip(managed, wm, strict=True):
-        if m <= 0:
-            out.append((1, 0))
+    n = len(managed)
+    out = [[0] * n for _ in range(n)]
+    for i in range(n - 1):
+        clear = not ratios[i] or not managed[i]
+        upper = 0
+        for j in range(i + 1, n):
+            upper += managed[j]
+            out[i][j] = 0 if clear else upper // ratios[i]
+    return out
+
+
+def zone_highsize(low_wmark: int, batch: int, nr_cpus: int = 1) -> int:
+    """``zone_highsize`` with percpu_pagelist_high_fraction == 0: the low watermark split
+    over the node's CPUs (cpu_online == 0, as from ``setup_per_zone_wmarks``), at least
+    batch * 4."""
+    return max(low_wmark // max(1, nr_cpus), batch << 2)
+
+
+@dataclass(frozen=True)
+class ZoneSizing:
+    """What boot leaves in each zone: min_free_kbytes, _watermark[], lowmem_reserve[] and
+    the pcp (batch, high), all from the managed pages of each zone."""
+
+    min_free_kbytes: int
+    wmarks: list[tuple[int, int, int]]  # (min, low, high) per zone
+    lowmem_reserve: list[list[int]]  # [zone][j]
+    pcp: list[tuple[int, int]]  # (batch, high) per zone
+
+
+def boot_sizing(managed: list[int], present: list[int] | None = None, *, nr_cpus: int = 1,
+                thp: bool = True, min_free_kbytes: int | None = None,
+                watermark_scale_factor: int = WATERMARK_SCALE_FACTOR) -> ZoneSizing:
+    """The boot sequence that sizes the zones (6.1), from each zone's managed pages.
+
+    1. ``init_per_zone_wmark_min`` (postcore_initcall): ``calculate_min_free_kbytes``
+       (nr_free_buffer_pages() with the watermarks still 0), ``setup_per_zone_wmarks``,
+       ``setup_per_zone_lowmem_reserve``.
+    2. ``hugepage_init`` (subsys_initcall) -> ``start_stop_khugepaged`` ->
+       ``set_recommended_min_free_kbytes`` when THP is enabled ("always" or "madvise"):
+       nr_free_buffer_pages() now net of the high watermarks of step 1; then
+       ``setup_per_zone_wmarks`` again.
+    ``setup_per_zone_wmarks`` ends with ``zone_pcp_update(zone, 0)`` for every zone:
+    ``zone_set_pageset_high_and_batch``: batch = max(1, zone_batchsize()), high =
+    ``zone_highsize``. Unpopulated zones keep the boot pageset: (1, 0).
+    ``present``: present pages per zone (populated_zone()); None: populated = managed.
+    ``min_free_kbytes`` / ``watermark_scale_factor``: values written to vm.min_free_kbytes /
+    vm.watermark_scale_factor after boot (``min_free_kbytes_sysctl_handler``,
+    ``watermark_scale_factor_sysctl_handler``: ``setup_per_zone_wmarks`` again; the
+    lowmem_reserve[] stays). min_free_kbytes=0 with watermark_scale_factor=1 (the sysctls'
+    lower bounds) gives watermarks of 0 on a zone below 10000 managed pages.
+    """
+    if present is None:
+        present = managed
+    populated = [p > 0 for p in present]
+    mfk = calculate_min_free_kbytes(nr_free_buffer_pages(managed, [0] * len(managed)))
+    if thp:
+        first = watermarks(managed, mfk)
+        rec = recommended_min_free_kbytes(
+            sum(populated), nr_free_buffer_pages(managed, [h for _, _, h in first]))
+        mfk = max(mfk, rec)
+    if min_free_kbytes is not None:
+        mfk = min_free_kbytes
+    wm = watermarks(managed, mfk, watermark_scale_factor)
+    pcp = []
+    for m, pop, (_wmin, low, _high) in zip(managed, populated, wm, strict=True):
+        if not pop:
+            pcp.append((1, 0))
             continue
         batch = max(1, zone_batchsize(m))
-        high = max(low // max(1, nr_cpus), batch << 2)
-        out.append((batch, high))
-    return out
+        pcp.append((batch, zone_highsize(low, batch, nr_cpus)))
+    return ZoneSizing(mfk, wm, lowmem_reserve(managed), pcp)
+
+
+def pcp_defaults(managed: list[int], nr_cpus: int = 1, thp_recommended: bool = True,
+                 present: list[int] | None = None):
+    """Per-zone (batch, high) as 6.1 sets them after boot (``boot_sizing``); unpopulated
+    zones get (1, 0), the boot pageset."""
+    return boot_sizing(managed, present, nr_cpus=nr_cpus, thp=thp_recommended).pcp

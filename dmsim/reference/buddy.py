@@ -23,7 +23,7 @@ __free_one_page(): pageblocks to restore are queued in `collapse_requests`.
 
 from __future__ import annotations
 
-from ..core.zones import pcp_defaults
+import math
 
 MAX_NR_ZONES = 3
 ZONE_NORMAL = 2
@@ -73,8 +73,16 @@ class Zone:
         self.pcp_high = 0
         self.pcp_batch = 1
         self.free_factor = 0
-        self.wmark_min = 0
-        self.wmark_low = 0
+        self.watermark = [0, 0, 0]  # _watermark[WMARK_MIN, WMARK_LOW, WMARK_HIGH]
+        self.lowmem_reserve = [0] * MAX_NR_ZONES
+
+    @property
+    def wmark_min(self):
+        return self.watermark[0]
+
+    @property
+    def wmark_low(self):
+        return self.watermark[1]
 
     def spans(self, pfn):
         return self.start <= pfn < self.end
@@ -85,7 +93,8 @@ class RefBuddy:
 
     def __init__(self, memory_pfn_ranges, reserved_pfn_ranges=(), *, pcp=True, pcp_thp=True,
                  pcp_batch_high=None, nr_cpus=1, nofragment=True, pcp_batch_scale_max=5,
-                 unmapped=False, collapse_free_pageblock=False):
+                 unmapped=False, collapse_free_pageblock=False, min_free_kbytes=None,
+                 watermark_scale_factor=10):
         self.pcp_on = pcp
         self.thp = pcp_thp
         self.nofragment = nofragment
@@ -127,15 +136,12 @@ class RefBuddy:
                 self._free_pages_memory(start, end)
         # PageReserved pages that claim() handed to the allocator (free_reserved_area())
         self.unreserved: set[int] = set()
-        managed = [z.managed for z in self.zones]
-        if pcp_batch_high is None:
-            bh = pcp_defaults(managed, nr_cpus=nr_cpus, thp_recommended=pcp_thp)
-        elif isinstance(pcp_batch_high, tuple):
-            bh = [pcp_batch_high] * MAX_NR_ZONES
-        else:
-            bh = list(pcp_batch_high)
-        for zone, (batch, high) in zip(self.zones, bh, strict=True):
-            zone.pcp_batch, zone.pcp_high = batch, high
+        self.sizing = ZoneSizer(self.zones, nr_cpus)
+        self.sizing.boot(pcp_thp, min_free_kbytes, watermark_scale_factor)
+        if pcp_batch_high is not None:
+            bh = [pcp_batch_high] * MAX_NR_ZONES if isinstance(pcp_batch_high, tuple) else pcp_batch_high
+            for zone, (batch, high) in zip(self.zones, bh, strict=True):
+                zone.pcp_batch, zone.pcp_high = batch, high
 
     # ---- helpers ------------------------------------------------------------------
     def zone_of(self, pfn):
@@ -397,12 +403,12 @@ class RefBuddy:
         return pfn
 
     def _watermark_ok(self, zone, order, mark, highest):
-        """zone_watermark_fast() with lowmem_reserve 0."""
+        """zone_watermark_fast() / __zone_watermark_ok(): no highatomic reserve, no ALLOC_HIGH."""
         free = zone.nr_free_pages
         if order == 0:
-            return free > mark
+            return free > mark + zone.lowmem_reserve[highest]
         free -= (1 << order) - 1
-        if free <= mark:
+        if free <= mark + zone.lowmem_reserve[highest]:
             return False
         # for (mt = 0; mt < MIGRATE_PCPTYPES; mt++): UNMAPPED included when it exists
         types = [t for t in range(NTYPES) if self._is_pcptype(t)]
@@ -593,6 +599,86 @@ class RefBuddy:
 
     def pageblock_types(self, nr_pageblocks):
         return [self.pageblock.get(pb, UNMOVABLE) for pb in range(nr_pageblocks)]
+
+
+class ZoneSizer:
+    """Boot-time zone sizing (mm/page_alloc.c, mm/khugepaged.c; 6.1) on a list of Zones:
+    min_free_kbytes, _watermark[], lowmem_reserve[] and the pcp batch/high."""
+
+    def __init__(self, zones, nr_cpus=1):
+        self.zones = zones
+        self.nr_cpus = nr_cpus
+        self.min_free_kbytes = 1024  # int min_free_kbytes = 1024;
+        self.watermark_scale_factor = 10
+
+    def boot(self, thp=True, min_free_kbytes=None, watermark_scale_factor=10):
+        self._init_per_zone_wmark_min()  # postcore_initcall
+        if thp:
+            # hugepage_init() -> start_stop_khugepaged(), THP enabled (subsys_initcall)
+            self._set_recommended_min_free_kbytes()
+        # the vm sysctls written after boot: min_free_kbytes_sysctl_handler(),
+        # watermark_scale_factor_sysctl_handler() -> setup_per_zone_wmarks()
+        if min_free_kbytes is not None:
+            self.min_free_kbytes = min_free_kbytes
+            self._setup_per_zone_wmarks()
+        if watermark_scale_factor != self.watermark_scale_factor:
+            self.watermark_scale_factor = watermark_scale_factor
+            self._setup_per_zone_wmarks()
+
+    def _nr_free_buffer_pages(self):
+        """nr_free_buffer_pages(): managed - high watermark, summed over the zones <= Normal."""
+        return sum(max(0, z.managed - z.watermark[2]) for z in self.zones)
+
+    def _init_per_zone_wmark_min(self):
+        """init_per_zone_wmark_min(): calculate_min_free_kbytes(), setup_per_zone_wmarks(),
+        setup_per_zone_lowmem_reserve()."""
+        lowmem_kbytes = self._nr_free_buffer_pages() * 4
+        self.min_free_kbytes = min(max(math.isqrt(lowmem_kbytes * 16), 128), 262144)
+        self._setup_per_zone_wmarks()
+        self._setup_per_zone_lowmem_reserve()
+
+    def _set_recommended_min_free_kbytes(self):
+        """khugepaged's set_recommended_min_free_kbytes() with THP enabled."""
+        nr_zones = sum(1 for z in self.zones if z.present)  # for_each_populated_zone
+        recommended_min = PAGEBLOCK_NR_PAGES * nr_zones * 2
+        recommended_min += PAGEBLOCK_NR_PAGES * nr_zones * PCPTYPES * PCPTYPES
+        recommended_min = min(recommended_min, self._nr_free_buffer_pages() // 20)
+        recommended_min <<= 2  # PAGE_SHIFT - 10
+        if recommended_min > self.min_free_kbytes:
+            self.min_free_kbytes = recommended_min
+        self._setup_per_zone_wmarks()
+
+    def _setup_per_zone_wmarks(self):
+        """setup_per_zone_wmarks(): __setup_per_zone_wmarks(), then zone_pcp_update(zone, 0)."""
+        pages_min = self.min_free_kbytes >> 2
+        lowmem_pages = sum(z.managed for z in self.zones)
+        for zone in self.zones:
+            tmp = pages_min * zone.managed // lowmem_pages if lowmem_pages else 0
+            zone.watermark[0] = tmp
+            tmp = max(tmp >> 2, zone.managed * self.watermark_scale_factor // 10000)
+            zone.watermark[1] = zone.watermark[0] + tmp
+            zone.watermark[2] = zone.watermark[1] + tmp
+        for zone in self.zones:
+            if zone.present:  # unpopulated zones keep the boot pageset
+                self._zone_set_pageset_high_and_batch(zone)
+
+    def _zone_set_pageset_high_and_batch(self, zone):
+        """zone_batchsize() and zone_highsize(zone, batch, cpu_online=0)."""
+        batch = min(zone.managed >> 10, (1 << 20) // 4096) // 4
+        batch = max(batch, 1)
+        batch = (1 << ((batch + batch // 2).bit_length() - 1)) - 1  # rounddown_pow_of_two() - 1
+        zone.pcp_batch = max(1, batch)
+        zone.pcp_high = max(zone.watermark[1] // self.nr_cpus, zone.pcp_batch * 4)
+
+    def _setup_per_zone_lowmem_reserve(self):
+        """setup_per_zone_lowmem_reserve() with sysctl_lowmem_reserve_ratio = {256, 256, 32}."""
+        ratio = [256, 256, 32]
+        for i, zone in enumerate(self.zones[:-1]):
+            clear = ratio[i] == 0 or zone.managed == 0
+            managed_pages = 0
+            for j in range(i + 1, MAX_NR_ZONES):
+                managed_pages += self.zones[j].managed
+                zone.lowmem_reserve[j] = 0 if clear else managed_pages // ratio[i]
 
 
 def _zones(mem):
