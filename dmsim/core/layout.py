@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..machine import E820_TYPE_ACPI, E820_TYPE_RAM, Machine, merge_ranges
+from ..machine import E820_TYPE_RAM, E820_TYPE_RESERVED_KERN, Machine, merge_ranges
 from .constants import (
     _PAGE_PSE,
     HIGHMAP_PMDS,
@@ -79,8 +79,9 @@ class _Boot:
         return any(s <= base and end <= e for s, e in self.memory)
 
     def e820_mapped_any(self, start: int, end: int) -> bool:
-        """e820__mapped_any() for E820_TYPE_RAM or E820_TYPE_ACPI."""
-        return any(t in (E820_TYPE_RAM, E820_TYPE_ACPI) and s < end and e > start
+        """e820__mapped_any() for E820_TYPE_RAM or E820_TYPE_RESERVED_KERN (Linux 6.1;
+        keeping E820_TYPE_ACPI entries too came later, for kdump of SNP/TDX guests)."""
+        return any(t in (E820_TYPE_RAM, E820_TYPE_RESERVED_KERN) and s < end and e > start
                    for s, e, t in self.m.e820)
 
     def mem_pfn_ranges(self):
