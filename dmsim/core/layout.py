@@ -355,8 +355,14 @@ class _Boot:
         if real_end < map_end:
             self.init_range_memory_mapping(real_end, map_end)
 
+    def e820_end_of_ram_pfn(self) -> int:
+        """max_pfn: e820__end_of_ram_pfn() looks at E820_TYPE_RAM entries only, so a
+        RESERVED_KERN range (setup_data) at the top of memory does not count
+        (Machine.max_pfn() does: it sizes the simulated direct map)."""
+        return max((e >> PAGE_SHIFT for s, e, t in self.m.e820 if t == E820_TYPE_RAM), default=0)
+
     def init_mem_mapping(self) -> None:
-        end = self.m.max_pfn() << PAGE_SHIFT
+        end = self.e820_end_of_ram_pfn() << PAGE_SHIFT
         self.init_memory_mapping(0, ISA_END_ADDRESS)  # the ISA range, always
         self.memory_map_top_down(ISA_END_ADDRESS, end)
 
