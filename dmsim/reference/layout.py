@@ -18,8 +18,8 @@ end. Levels are enum pg_level: 1 = 4K (pte), 2 = 2M (pmd), 3 = 1G (pud).
 The walkers are one function over the three levels: each walks one table from
 the entry holding paddr to the table's last entry, as the kernel's three do:
   - an entry at or past paddr_end is cleared when no E820_TYPE_RAM or
-    E820_TYPE_RESERVED_KERN range overlaps it (6.1; the E820_TYPE_ACPI exception
-    came in 6.10), and is otherwise left alone;
+    E820_TYPE_RESERVED_KERN range overlaps it (6.1; later kernels keep
+    E820_TYPE_ACPI entries too, for kdump), and is otherwise left alone;
   - a present leaf is kept and counted again (`if (!after_bootmem) pages++`)
     when the level's page size is allowed; a present pte is always counted
     again; a present table is walked;
