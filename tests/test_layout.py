@@ -188,3 +188,27 @@ def test_core_layout_agrees_with_reference(machine):
 def test_qemu_guests_agree_with_reference(gib, gbpages):
     m = qemu_machine(gib, gbpages=gbpages)
     assert _core_layout(m) == _reference_layout(m)
+
+
+def test_setup_data_leaf_survives_a_lower_call():
+    # memblock.memory is [1M, 4M + 1): the first step maps [2M, 4M) with a 2M leaf
+    # over RESERVED_KERN; the next call, [1M, 2M), walks past its end onto that
+    # entry and keeps it, since e820 has RESERVED_KERN there (6.1 clears only
+    # entries with neither RAM nor RESERVED_KERN; the core used to test ACPI)
+    m = Machine(e820=[(0, 0x9FC00, RAM), (0x9FC00, 0x100000, RESERVED),
+                      (0x100000, 4 * MiB, RESERVED_KERN), (4 * MiB, 4 * MiB + 1, RAM)],
+                gbpages=False)
+    core, ref = _core_layout(m), _reference_layout(m)
+    assert (C.PG_LEVEL_2M, 512, C.PAGE_KERNEL | C._PAGE_PSE) in ref["leaves"]
+    assert core == ref, _diff(core, ref)
+
+
+def test_max_pfn_counts_ram_only():
+    # e820__end_of_ram_pfn() ignores RESERVED_KERN: max_pfn is 159, below the ISA
+    # end, so memory_map_top_down() finds no 2M block, takes real_end = 2M and
+    # maps [1M, 2M) only; the RESERVED_KERN page at [2M, 2M + 4K) stays unmapped
+    m = Machine(e820=[(0, 0x9FC00, RAM), (0x9FC00, 0x100000, RESERVED),
+                      (0x100000, 2 * MiB + 4096, RESERVED_KERN)], gbpages=False)
+    core, ref = _core_layout(m), _reference_layout(m)
+    assert ref["pfn_mapped"] == [(0, 512)] and ref["counts"] == [512, 0, 0]
+    assert core == ref, _diff(core, ref)
