@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
@@ -16,6 +19,7 @@ from dmsim.core.state import (
     P_HIGHMAP_VPFN,
     P_MAX_PFN_MAPPED,
 )
+from dmsim.load import load_trace
 from dmsim.machine import E820_TYPE_RESERVED_KERN, KernelImage, Machine
 from dmsim.reference.cpa import core_leaves
 from dmsim.reference.layout import boot_layout
@@ -211,4 +215,17 @@ def test_max_pfn_counts_ram_only():
                       (0x100000, 2 * MiB + 4096, RESERVED_KERN)], gbpages=False)
     core, ref = _core_layout(m), _reference_layout(m)
     assert ref["pfn_mapped"] == [(0, 512)] and ref["counts"] == [512, 0, 0]
+    assert core == ref, _diff(core, ref)
+
+
+REAL_TRACES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "traces", "real",
+                                            "*.trace.gz")))
+
+
+@pytest.mark.parametrize("path", REAL_TRACES, ids=os.path.basename)
+def test_real_trace_machines_agree_with_reference(path):
+    # the machines whose first checkpoint is the kernel's own DirectMap truth
+    # (tests/test_real_traces.py checks the core's counts against it)
+    m = load_trace(path).machine
+    core, ref = _core_layout(m), _reference_layout(m)
     assert core == ref, _diff(core, ref)
