@@ -86,7 +86,7 @@ def run_both(machine: Machine, ops) -> tuple[ReferenceDirectMap, object]:
     """Run ops through the numba replay and the reference; assert they agree on
     the counters after every op and on the leaves at the end."""
     state = init_mem_mapping(machine)
-    ref = ReferenceDirectMap(machine, state)
+    ref = ReferenceDirectMap(machine)
     snaps = replay(state, events_for(ops), len(ops))
     for i, op in enumerate(ops):
         apply_op(ref, op)
@@ -107,7 +107,7 @@ def first_divergence(machine: Machine, ops) -> int | None:
     """Replay ops one at a time on both; the index of the first op after which
     their leaves differ (for failure messages)."""
     state = init_mem_mapping(machine)
-    ref = ReferenceDirectMap(machine, state)
+    ref = ReferenceDirectMap(machine)
     for i, op in enumerate(ops):
         replay(state, events_for([op]), 1)
         apply_op(ref, op)
@@ -134,7 +134,7 @@ def kernel_at(phys_text: int, text_off: int = 16 * MiB, data_size: int = 8 * MiB
 
 
 def boot(machine: Machine) -> ReferenceDirectMap:
-    return ReferenceDirectMap(machine, init_mem_mapping(machine))
+    return ReferenceDirectMap(machine)
 
 
 # --- part 1: the reference on hand-worked cases -------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..machine import E820_TYPE_ACPI, E820_TYPE_RAM, Machine, merge_ranges
+from ..machine import E820_TYPE_RAM, E820_TYPE_RESERVED_KERN, Machine, merge_ranges
 from .constants import (
     _PAGE_PSE,
     HIGHMAP_PMDS,
@@ -81,8 +81,9 @@ class _Boot:
         return any(s <= base and end <= e for s, e in self.memory)
 
     def e820_mapped_any(self, start: int, end: int) -> bool:
-        """e820__mapped_any() for E820_TYPE_RAM or E820_TYPE_ACPI."""
-        return any(t in (E820_TYPE_RAM, E820_TYPE_ACPI) and s < end and e > start
+        """e820__mapped_any() for E820_TYPE_RAM or E820_TYPE_RESERVED_KERN (Linux 6.1;
+        keeping E820_TYPE_ACPI entries too came later, for kdump of SNP/TDX guests)."""
+        return any(t in (E820_TYPE_RAM, E820_TYPE_RESERVED_KERN) and s < end and e > start
                    for s, e, t in self.m.e820)
 
     def mem_pfn_ranges(self):
@@ -356,8 +357,14 @@ class _Boot:
         if real_end < map_end:
             self.init_range_memory_mapping(real_end, map_end)
 
+    def e820_end_of_ram_pfn(self) -> int:
+        """max_pfn: e820__end_of_ram_pfn() looks at E820_TYPE_RAM entries only, so a
+        RESERVED_KERN range (setup_data) at the top of memory does not count
+        (Machine.max_pfn() does: it sizes the simulated direct map)."""
+        return max((e >> PAGE_SHIFT for s, e, t in self.m.e820 if t == E820_TYPE_RAM), default=0)
+
     def init_mem_mapping(self) -> None:
-        end = self.m.max_pfn() << PAGE_SHIFT
+        end = self.e820_end_of_ram_pfn() << PAGE_SHIFT
         self.init_memory_mapping(0, ISA_END_ADDRESS)  # the ISA range, always
         self.memory_map_top_down(ISA_END_ADDRESS, end)
 

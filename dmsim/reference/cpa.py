@@ -1,8 +1,9 @@
 """A slow, obvious model of __change_page_attr_set_clr() (arch/x86/mm/pat/set_memory.c,
 Linux 6.1), written from the kernel source to check the numba core against.
 
-It shares nothing with dmsim/core/cpa.py but the input (the boot state that
-init_mem_mapping() builds) and the shape of the output. The page tables are a
+It shares nothing with dmsim/core/cpa.py but the shape of the input and the
+output: its boot state comes from reference/layout.py, the reference model of
+init_mem_mapping(), not from the core's. The page tables are a
 dict of leaves, {(level, base_vpfn): raw entry flags}; tables are implicit (an
 address with no leaf above it is "not mapped"), and direct_pages_count[] is a
 dict keyed by level.
@@ -54,11 +55,10 @@ from ..core import constants as C
 from ..core.state import (
     ENTRY_LEAF,
     ENTRY_TABLE,
-    P_HIGHMAP_VPFN,
-    P_MAX_PFN_MAPPED,
     DirectMapState,
 )
 from ..machine import Machine
+from .layout import BootLayout, boot_layout
 
 PRESENT = C._PAGE_PRESENT
 RW = C._PAGE_RW
@@ -146,10 +146,13 @@ class KernelBounds:
 class ReferenceDirectMap:
     """The direct map and the kernel high map as a dict of leaves."""
 
-    def __init__(self, machine: Machine, st: DirectMapState, merge: str = "none"):
-        """Read the boot state out of st (before anything is replayed on it)."""
+    def __init__(self, machine: Machine, merge: str = "none", boot: BootLayout | None = None):
+        """Start from the boot state of reference/layout.py (boot_layout(machine)
+        unless given), not from the core's."""
         if merge not in MERGE_POLICIES:
             raise ValueError(f"merge policy {merge!r}: one of {MERGE_POLICIES}")
+        if boot is None:
+            boot = boot_layout(machine)
         self.merge = merge
         self.gbpages = bool(machine.gbpages)  # direct_gbpages (collapse_pud_page())
         # tables __split_large_page() made (PageSplitpgt): every table there is
@@ -159,18 +162,14 @@ class ReferenceDirectMap:
         # the caller empties it
         self.pt_log: list[tuple[str, tuple[int, int]]] = []
         self.flushtlb = False  # cpa->flags & CPA_FLUSHTLB of the current call
-        self.leaves_by_key: dict[tuple[int, int], int] = _leaves_from_state(st)
-        self.direct_pages_count = {
-            C.PG_LEVEL_4K: int(st.counters[C.NR_DIRECT_4K]),
-            C.PG_LEVEL_2M: int(st.counters[C.NR_DIRECT_2M]),
-            C.PG_LEVEL_1G: int(st.counters[C.NR_DIRECT_1G]),
-        }
-        self.events = {name: int(st.counters[getattr(C, name)]) for name in COUNTER_NAMES[3:]}
-        self.highmap_vpfn = int(st.params[P_HIGHMAP_VPFN])
-        self.max_pfn_mapped = int(st.params[P_MAX_PFN_MAPPED])
-        self.pfn_mapped = [(int(s), int(e)) for s, e in st.pfn_mapped]
+        self.leaves_by_key: dict[tuple[int, int], int] = dict(boot.leaves)
+        self.direct_pages_count = dict(boot.direct_pages_count)
+        self.events = dict.fromkeys(COUNTER_NAMES[3:], 0)  # boot counts no events
+        self.highmap_vpfn = boot.highmap_vpfn
+        self.max_pfn_mapped = boot.max_pfn_mapped
+        self.pfn_mapped = list(boot.pfn_mapped)
         k = machine.kernel
-        self.phys_base_pfn = 0 if k is None else k.phys_base >> C.PAGE_SHIFT
+        self.phys_base_pfn = boot.phys_base >> C.PAGE_SHIFT  # signed: below 0 with KASLR
         self.kernel = None if k is None else KernelBounds(
             text_vpfn=self._highmap_vaddr_to_vpfn(k.text),
             etext_last_vpfn=self._highmap_vaddr_to_vpfn(k.etext - 1),
@@ -700,10 +699,6 @@ class ReferenceDirectMap:
                 large_blocks[b] = (level, base)
         both = pte_blocks & large_blocks.keys()
         assert not both, f"2M blocks mapped both large and by ptes: {sorted(both)[:4]}"
-
-
-def _leaves_from_state(st: DirectMapState) -> dict[tuple[int, int], int]:
-    return {(lv, base): flags for lv, base, flags in core_leaves(st)}
 
 
 def core_leaves(st: DirectMapState) -> list[tuple[int, int, int]]:

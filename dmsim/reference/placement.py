@@ -53,7 +53,6 @@ is in Policy.unmapped_users):
 from __future__ import annotations
 
 from ..core import constants as C
-from ..core.layout import init_mem_mapping
 from ..policy import BASELINE, Policy
 from ..trace.events import (
     CPAF_COLLAPSE,
@@ -154,9 +153,9 @@ class ReferencePlacement:
                  **buddy_kw):
         self.policy = policy
         self.machine = machine
-        st = init_mem_mapping(machine)
-        self.boot = {name: int(st.counters[getattr(C, name)]) for name in COUNTER_NAMES}
-        self.dm = ReferenceDirectMap(machine, st, merge=policy.merge)
+        # the boot state from reference/layout.py (not the core's init_mem_mapping())
+        self.dm = ReferenceDirectMap(machine, merge=policy.merge)
+        self.boot = self.dm.counters()
         # buddy_from_machine(): memblock.memory rounded inwards, memblock.reserved
         # rounded outwards, plus the first MiB (early_reserve_memory())
         mem = [((s + 4095) >> 12, e >> 12) for s, e in machine.ram_ranges()]
