@@ -86,17 +86,18 @@ def test_shadow_of_a_trace_the_allocator_placed_scores_one(mi, ops):
     assert rep["first_divergences"] == []
 
 
-def _two_allocs(second_pfn: int) -> Trace:
-    """Two order-0 unmovable allocations on a 40 MiB machine: the first where the
-    allocator puts it, the second at second_pfn."""
+def small_trace(*rows) -> Trace:
+    """A running 40 MiB machine and the "kernel's" order-0 unmovable allocations at
+    the pfns given (None: the reference allocator's first pick), ("free", pfn) frees."""
     machine = Machine(e820=MACHINES[0], gbpages=False)
-    ref = ref_for(machine)
-    first = ref.alloc(2, 0, 0)
+    first = ref_for(machine).alloc(2, 0, 0)
     b = EventBuilder()
     b.append(EV_SYSTEM_RUNNING)
-    b.append(EV_ALLOC, first, 0, 0, 0, 2 << 8)
-    b.append(EV_ALLOC, second_pfn, 0, 0, 0, 2 << 8)
-    b.append(EV_FREE, second_pfn, 0)
+    for row in rows:
+        if isinstance(row, tuple):
+            b.append(EV_FREE, row[1], 0)
+        else:
+            b.append(EV_ALLOC, first if row is None else row, 0, 0, 0, 2 << 8)
     return Trace(machine=machine, events=b.finish())
 
 
@@ -107,7 +108,7 @@ def test_a_wrong_guess_is_moved_to_the_kernels_block():
     ref = ref_for(machine)
     ref.alloc(2, 0, 0)
     model_pick = ref.alloc(2, 0, 0)
-    r = shadow(to_simulated_placement(_two_allocs(0x2000)))
+    r = shadow(to_simulated_placement(small_trace(None, 0x2000, ("free", 0x2000))))
     rep = shadow_report(r)
     assert rep["decisions"] == 2
     assert rep["outcomes"] == {"hit": 1, "moved": 1, "not_free_in_model": 0,
@@ -116,8 +117,9 @@ def test_a_wrong_guess_is_moved_to_the_kernels_block():
     assert (d["kernel_pfn"], d["model_pfn"]) == (0x2000, model_pick)
     assert d["kernel_pfn_in_model"] == "buddy free list"
     assert d["model_source"] == "pcp"
-    # the model followed the kernel: the free of 0x2000 found its block (no bad free),
-    # and the guess went back to the head of its pcp list
+    # the model followed the kernel: the free of 0x2000 found its block (no bad free);
+    # the guess went back to its pcp list, which was then drained (the kernel's was
+    # empty: it took 0x2000 from its buddy lists)
     assert r.buddy.counters()["bad_free"] == 0
     text = shadow_text(rep)
     assert "kernel 0x2000" in text and "moved" in text
@@ -125,16 +127,19 @@ def test_a_wrong_guess_is_moved_to_the_kernels_block():
 
 def test_a_block_the_model_holds_allocated_is_reported_and_the_guess_stands():
     # the "kernel" allocates the first page twice: the model holds it allocated
-    machine = Machine(e820=MACHINES[0], gbpages=False)
-    ref = ref_for(machine)
-    first = ref.alloc(2, 0, 0)
-    b = EventBuilder()
-    b.append(EV_SYSTEM_RUNNING)
-    b.append(EV_ALLOC, first, 0, 0, 0, 2 << 8)
-    b.append(EV_ALLOC, first, 0, 0, 0, 2 << 8)
-    t = Trace(machine=machine, events=b.finish())
+    t = small_trace(None, None)
     rep = shadow_report(shadow(to_simulated_placement(t)))
     assert rep["outcomes"]["not_free_in_model"] == 1
     (d,) = rep["first_divergences"]
     assert d["kernel_pfn_in_model"] == "allocated"
     assert d["outcome"] == "not_free_in_model"
+
+
+def test_a_block_the_kernel_refilled_its_pcp_list_for_drains_the_models_list():
+    # the "kernel" takes 0x2000 from its buddy lists (its pcp list was empty: a
+    # refill brought 0x2000 onward), then 0x2001 from that refill. The model's pcp list
+    # still held its own batch: it is drained, so its next refill starts where the
+    # kernel's did (0x2001 is the head of the order-0 list after 0x2000 was taken)
+    rep = shadow_report(shadow(to_simulated_placement(small_trace(None, 0x2000, 0x2001))))
+    assert rep["outcomes"]["hit"] == 2 and rep["outcomes"]["moved"] == 1
+    assert [d["kernel_pfn"] for d in rep["first_divergences"]] == [0x2000]

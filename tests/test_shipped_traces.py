@@ -77,12 +77,16 @@ def test_results_md_kernel_column_is_the_recordings_own(monkeypatch):
     it into the trace."""
     monkeypatch.chdir(ROOT)
     real = sorted(p for p in R.shipped_traces() if "/real/" in p)
-    assert len(real) == 13
+    assert len(real) >= 13
     for counter in ("direct_map_level2_splits", "direct_map_level3_splits"):
         table = _results_table(counter)
         for path in real:
             name = os.path.basename(path).replace(".trace.gz", "")
-            assert int(table[name]["kernel"]) == _kernel_final_vmstat(path)[counter], (name, counter)
+            kernel = _kernel_final_vmstat(path).get(counter)
+            if kernel is None:  # Linux 5.10 has no split counters: no kernel cell
+                assert table[name]["kernel"] == "", name
+            else:
+                assert int(table[name]["kernel"]) == kernel, (name, counter)
 
 
 def test_results_md_gen_boot_row_matches_the_reference_model():

@@ -216,6 +216,30 @@ def drain_pcp_range(buddy, zone, pfn, order):
 
 
 @njit(cache=True)
+def on_pcp_list(buddy, pfn, order, head_of):
+    """Is the block [pfn, 2^order) on the same pcp list as page head_of?"""
+    bflags = buddy[3]
+    if pfn < 0 or pfn >= bflags.shape[0] or not (bflags[pfn] & PG_PCP) \
+            or (buddy[2][pfn] & 15) != order:
+        return False
+    zone = page_zonenum(buddy[8], pfn)
+    return zone >= 0 and _pcp_list_of(buddy[1], buddy[7], zone, pfn) == \
+        _pcp_list_of(buddy[1], buddy[7], zone, head_of)
+
+
+@njit(cache=True)
+def drain_pcp_list(buddy, head_of):
+    """free_pcppages_bulk() of every block on the pcp list page head_of is on."""
+    zone = page_zonenum(buddy[8], head_of)
+    pid = _pcp_list_of(buddy[1], buddy[7], zone, head_of)
+    if pid < 0:
+        return
+    pcp_ends = buddy[7]
+    while pcp_ends[pid, 1] >= 0:
+        _drain_pcp_block(buddy, zone, pcp_ends[pid, 1])  # list_last_entry(), as it does
+
+
+@njit(cache=True)
 def take(buddy, pfn, order, mt):
     """Take the block [pfn, pfn + 2^order) the kernel allocated out of the model's
     free lists: a pcp list's block of that order, or any buddy block holding it
@@ -311,6 +335,12 @@ def shadow_decide(i, pred, rec, zone, order, mt, vmalloc, buddy, sh):
                 row[D_PRED_LIST_LEN] = _list_len(buddy[0], buddy[7][pid, 0])
         if pred >= 0:
             unalloc(buddy, pred, order, mt, src)
+            if src == SRC_PCP and not on_pcp_list(buddy, rec, order, pred):
+                # the kernel's block was not on its pcp list: that list was empty and
+                # rmqueue_pcplist() refilled it from the buddy lists, so the pages the
+                # model holds there are not the kernel's: drain them, as a refill
+                # from the same lists would have taken them
+                drain_pcp_list(buddy, pred)
         if take(buddy, rec, order, mt) == 0:
             out = OUT_MOVED if pred >= 0 else OUT_MODEL_OOM
             got = rec
