@@ -35,7 +35,8 @@ bench: $(STAMP)
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
-		tests/test_reference_policies.py tests/test_reference_cpa.py tests/test_buddy_reference.py
+		tests/test_reference_policies.py tests/test_reference_cpa.py tests/test_buddy_reference.py \
+		tests/test_layout.py tests/test_shadow.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dmsim tests bench
