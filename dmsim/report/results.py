@@ -139,7 +139,7 @@ def render(results: dict[str, dict], seed: dict[str, dict]) -> str:
                           "after_boot_same_2m"],
                   lambda r, c: "" if r["shadow"][c] is None else str(r["shadow"][c]))
     out += ["", "## The seed's experiment: boot plus bpftrace runs, __GFP_UNMAPPED in module_alloc()",
-            "", "The seed (SPEC section 4): \"__GFP_UNMAPPED in module_alloc took the number of",
+            "", "The seed thread (Rapoport, 2022): \"__GFP_UNMAPPED in module_alloc took the number of",
             "direct-map large-page splits from several tens to a single digit\". Here only",
             "module_alloc() (modules, BPF JIT memory) asks for __GFP_UNMAPPED",
             "(`module_alloc_users`); secretmem does not. `gen-bpftrace-nopack` runs the",
