@@ -54,14 +54,7 @@ def simulate(trace: Trace, progress: Callable[[int, int], None] | None = None,
             "placement (--placement simulate), and this trace has its pages where they were "
             "recorded")
     if by_handle:
-        from .core.api import place
-        from .core.buddy import buddy_from_machine
-
-        buddy = buddy_from_machine(trace.machine)
-        snaps = place(st, buddy, trace.events.columns(), len(trace.checkpoints),
-                      int(trace.meta.get("handles", 0)), int(trace.meta.get("vmalloc_pages", 0)),
-                      progress, policy=policy)
-        return Replayed(trace, boot, st, snaps, buddy)
+        return _place(trace, st, boot, progress, policy, None)
     snaps = replay(st, trace.events.columns(), len(trace.checkpoints), progress, policy=policy)
     return Replayed(trace, boot, st, snaps)
 
@@ -71,8 +64,7 @@ def shadow(trace: Trace, progress: Callable[[int, int], None] | None = None) -> 
     (trace/retarget.py): the baseline allocator guesses each allocation, the
     kernel's pfn is taken (core/shadow.py). Counters follow the kernel's
     placement wherever the model's free lists allow it."""
-    from .core.api import place, shadow_arrays
-    from .core.buddy import buddy_from_machine
+    from .core.api import shadow_arrays
     from .trace.events import H_PT_PAGE, H_RECORDED
 
     ev = trace.events
@@ -81,11 +73,18 @@ def shadow(trace: Trace, progress: Callable[[int, int], None] | None = None) -> 
     pool = trace.vmalloc_pfns if trace.vmalloc_pfns is not None else np.zeros(0, np.int64)
     sh = shadow_arrays(int(allocs.sum()) + len(pool), pool)
     st = init_mem_mapping(trace.machine)
-    boot = st.counters.copy()
+    return _place(trace, st, st.counters.copy(), progress, None, sh)
+
+
+def _place(trace: Trace, st, boot, progress, policy, sh) -> Replayed:
+    """Simulated placement of a trace by handle on the booted direct map st."""
+    from .core.api import place
+    from .core.buddy import buddy_from_machine
+
     buddy = buddy_from_machine(trace.machine)
-    snaps = place(st, buddy, ev.columns(), len(trace.checkpoints),
+    snaps = place(st, buddy, trace.events.columns(), len(trace.checkpoints),
                   int(trace.meta.get("handles", 0)), int(trace.meta.get("vmalloc_pages", 0)),
-                  progress, sh=sh)
+                  progress, policy=policy, sh=sh)
     return Replayed(trace, boot, st, snaps, buddy, sh)
 
 

@@ -771,14 +771,19 @@ def alloc_pages(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends,
         stats[S_ALLOC_FAIL] += 1
         stats[S_ALLOC_FAIL_PAGES] += 1 << order
         return -1
-    # prep_new_page(): the block is now allocated; movable pages become LRU pages
+    prep_new_page(order_, flags, pfn, order, mt)
+    stats[S_NR_ALLOC] += 1
+    return pfn
+
+
+@njit(cache=True, inline="always")
+def prep_new_page(order_, flags, pfn, order, mt):
+    """prep_new_page(): the block is now allocated; movable pages become LRU pages."""
     flags[pfn] = (flags[pfn] & ~(PG_BUDDY | PG_PCP)) | PG_HEAD
     order_[pfn] = order | (mt << 4)
     if mt == MIGRATE_MOVABLE:
         for p in range(pfn, pfn + (1 << order)):
             flags[p] |= PG_LRU
-    stats[S_NR_ALLOC] += 1
-    return pfn
 
 
 @njit(cache=True, inline="always")

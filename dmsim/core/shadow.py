@@ -52,6 +52,7 @@ from .buddy import (
     order_to_pindex,
     page_zonenum,
     pcp_allowed_order,
+    prep_new_page,
     steal_suitable_fallback,
 )
 
@@ -140,10 +141,7 @@ def locate(buddy, pfn, row):
                 row[D_LEN] = free_count[_lid(zone, o, order_[head] >> 4)]
             else:
                 row[D_WHERE] = AT_PCP
-                first = head
-                while prv[first] >= 0:
-                    first = prv[first]
-                row[D_LEN] = _list_len(nxt, first)
+                row[D_LEN] = _list_len(nxt, _list_head(prv, head))
             return
     row[D_WHERE] = AT_RESERVED if bflags[pfn] & PG_RESERVED else AT_ALLOCATED
 
@@ -172,11 +170,17 @@ def unalloc(buddy, pfn, order, mt, src):
 
 
 @njit(cache=True)
+def _list_head(prv, pfn):
+    """The first entry of the list pfn is on."""
+    while prv[pfn] >= 0:
+        pfn = prv[pfn]
+    return pfn
+
+
+@njit(cache=True)
 def _pcp_list_of(prv, pcp_ends, zone, pfn):
     """The pcp list (pid) pfn is on, or -1."""
-    first = pfn
-    while prv[first] >= 0:
-        first = prv[first]
+    first = _list_head(prv, pfn)
     for j in range(zone * PCP_STRIDE, (zone + 1) * PCP_STRIDE):
         if pcp_ends[j, 0] == first:
             return j
@@ -184,13 +188,10 @@ def _pcp_list_of(prv, pcp_ends, zone, pfn):
 
 
 @njit(cache=True)
-def _drain_pcp_block(buddy, zone, head):
-    """free_pcppages_bulk() of one pcp block: off its list, into the buddy lists."""
+def _drain_pcp_block(buddy, zone, pid, head):
+    """free_pcppages_bulk() of one pcp block (on list pid): into the buddy lists."""
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
-    pid = _pcp_list_of(prv, pcp_ends, zone, head)
-    if pid < 0:
-        return
     o = order_[head] & 15
     _list_del(nxt, prv, pcp_ends, pid, head)
     bflags[head] &= ~PG_PCP
@@ -204,15 +205,21 @@ def drain_pcp_range(buddy, zone, pfn, order):
     """The pcp blocks that hold any page of [pfn, pfn + 2^order) go back to the buddy
     lists: where the kernel's pcp lists held fewer pages than the model's (the kernel
     took the block from its buddy lists), the model's extra pcp pages are drained."""
-    bflags = buddy[3]
+    prv = buddy[1]
     order_ = buddy[2]
+    bflags = buddy[3]
+    pcp_ends = buddy[7]
     for o in range(1, 4):  # a pcp block of order <= PAGE_ALLOC_COSTLY_ORDER around pfn
         head = pfn & ~((1 << o) - 1)
         if head < pfn and (bflags[head] & PG_PCP) and (order_[head] & 15) == o:
-            _drain_pcp_block(buddy, zone, head)
+            pid = _pcp_list_of(prv, pcp_ends, zone, head)
+            if pid >= 0:
+                _drain_pcp_block(buddy, zone, pid, head)
     for p in range(pfn, pfn + (1 << order)):
         if bflags[p] & PG_PCP:
-            _drain_pcp_block(buddy, zone, p)
+            pid = _pcp_list_of(prv, pcp_ends, zone, p)
+            if pid >= 0:
+                _drain_pcp_block(buddy, zone, pid, p)
 
 
 @njit(cache=True)
@@ -236,7 +243,7 @@ def drain_pcp_list(buddy, head_of):
         return
     pcp_ends = buddy[7]
     while pcp_ends[pid, 1] >= 0:
-        _drain_pcp_block(buddy, zone, pcp_ends[pid, 1])  # list_last_entry(), as it does
+        _drain_pcp_block(buddy, zone, pid, pcp_ends[pid, 1])  # list_last_entry(), as it does
 
 
 @njit(cache=True)
@@ -247,9 +254,7 @@ def take(buddy, pfn, order, mt):
     (nxt, prv, order_, bflags, pb_mt, free_ends, free_count, pcp_ends, zone_info, stats,
      fallbacks, cfg) = buddy
     zone = page_zonenum(zone_info, pfn)
-    if zone < 0 or pfn >= bflags.shape[0]:
-        return -1
-    if pfn + (1 << order) > bflags.shape[0]:
+    if zone < 0 or pfn + (1 << order) > bflags.shape[0]:
         return -1
     if bflags[pfn] & PG_PCP and (order_[pfn] & 15) == order:
         pid = _pcp_list_of(prv, pcp_ends, zone, pfn)
@@ -284,12 +289,7 @@ def take(buddy, pfn, order, mt):
         # files a page by its pageblock's type: the pageblock was mt's (a steal the
         # model did not make, or one made before the trace)
         pb_mt[pb] = mt
-    # prep_new_page(), as alloc_pages() does it
-    bflags[pfn] = (bflags[pfn] & ~(PG_BUDDY | PG_PCP)) | PG_HEAD
-    order_[pfn] = order | (mt << 4)
-    if mt == MIGRATE_MOVABLE:
-        for p in range(pfn, pfn + (1 << order)):
-            bflags[p] |= PG_LRU
+    prep_new_page(order_, bflags, pfn, order, mt)
     stats[S_PGALLOC + zone] += 1 << order
     stats[S_NR_ALLOC] += 1
     return 0

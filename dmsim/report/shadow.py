@@ -94,7 +94,7 @@ def shadow_report(r, max_divergences: int = 10) -> dict:
 
     def by(keys: np.ndarray, label) -> dict:
         return {label(k): _scores(rec[keys == k], pred[keys == k], order[keys == k])
-                for k in sorted(set(keys.tolist()), key=lambda x: (str(type(x)), x))}
+                for k in sorted(set(keys.tolist()))}
 
     out["by_order"] = by(order, str)
     out["by_migratetype"] = by(mt, lambda k: MIGRATETYPE_NAMES[k])
