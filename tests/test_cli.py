@@ -138,6 +138,17 @@ def test_convert_round_trip_and_no_overwrite(runner, tmp_path):
     assert out.read_text() == before
 
 
+@pytest.mark.parametrize("command", [["convert", REAL], ["gen", "boot", "--scale", "0.01"]])
+def test_an_output_that_cannot_be_written_is_a_usage_error(runner, tmp_path, command):
+    # -o into a directory that does not exist: exit 2 with the path and the reason,
+    # no temporary file left behind (was: an internal error, exit 70)
+    out = tmp_path / "no-such-dir" / "out.trace"
+    r = runner.invoke(cli, [*command, "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert f"{out}: cannot write: No such file or directory" in r.stderr
+    assert not (tmp_path / "no-such-dir").exists()
+
+
 def test_machine_override(runner, tmp_path):
     # SMALL's own map is a 2 GiB guest; configs/machines/qemu-4g.yaml is the 4 GiB one.
     # By hand (tests/test_layout.py): the 4 GiB boot maps 989 x 4K, 1022 x 2M and counts

@@ -10,6 +10,7 @@ import click
 
 EXIT_OK = 0
 EXIT_FAIL = 1
+EXIT_USAGE = 2  # click's code for usage errors
 EXIT_BAD_INPUT = 3
 EXIT_INTERNAL = 70
 
@@ -33,6 +34,25 @@ def stdout_console():
 def die(message: str, code: int) -> None:
     click.echo(f"dmsim: {message}", err=True)
     sys.exit(code)
+
+
+def write_output(output: str, opener, write):
+    """write(f) into `output` through output + '.tmp', put in place only when complete:
+    a failure leaves neither a half-written file nor a clobbered one. A path that
+    cannot be written (no such directory, no permission, disk full) is the user's
+    -o, so a usage error (exit 2), not an internal one. Returns what write returns."""
+    tmp = output + ".tmp"
+    try:
+        with opener(tmp) as f:
+            result = write(f)
+        os.replace(tmp, output)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            die(f"{output}: cannot write: {e.strerror or e}", EXIT_USAGE)
+        raise
+    return result
 
 
 def handle_errors(fn):

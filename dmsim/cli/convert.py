@@ -14,6 +14,7 @@ from .common import (
     lenient_option,
     machine_option,
     trace_argument,
+    write_output,
 )
 
 
@@ -43,8 +44,5 @@ def convert(trace, output, force, lenient, machine_path):
         die(f"{output}: exists; not overwriting it (use --force)", EXIT_BAD_INPUT)
     if trace != "-" and os.path.exists(output) and os.path.samefile(trace, output):
         die(f"{output}: is the input trace; not overwriting it", EXIT_BAD_INPUT)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        write_native(t, f)
-    os.replace(tmp, output)
+    write_output(output, lambda path: open(path, "w"), lambda f: write_native(t, f))
     click.echo(f"wrote {len(t.events)} events to {output}", err=True)

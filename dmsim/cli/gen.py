@@ -9,9 +9,9 @@ import time
 
 import click
 
-from .common import EXIT_BAD_INPUT, die, handle_errors
+from .common import EXIT_BAD_INPUT, EXIT_USAGE, die, handle_errors, write_output
 
-EXIT_USAGE = 2  # click's code for usage errors; a bad scenario file is one
+# a bad scenario file is a usage error (EXIT_USAGE)
 
 
 @click.command()
@@ -46,15 +46,8 @@ def gen(scenario, seed, scale, output, force, groups):
         sys.stdout.buffer.flush()
         nbytes = None
     else:
-        tmp = output + ".tmp"
-        try:
-            with _open_out(tmp, output.endswith(".gz")) as f:
-                nbytes = write(g, f, groups)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        os.replace(tmp, output)
+        nbytes = write_output(output, lambda path: _open_out(path, output.endswith(".gz")),
+                              lambda f: write(g, f, groups))
     dt = time.perf_counter() - t0
     s = g.stats
     where = "stdout" if output == "-" else f"{output} ({os.path.getsize(output) / 2**20:.1f} MiB)"
