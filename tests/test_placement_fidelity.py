@@ -14,6 +14,7 @@ from dmsim.simulate import shadow, simulate
 from dmsim.trace.events import (
     EV_FREE,
     EV_H_ALLOC,
+    EV_H_DEFER,
     EV_H_FILL,
     EV_H_PCP_SETUP,
     FILL_BOOT_PAGESET,
@@ -179,3 +180,61 @@ def test_a_primary_call_on_a_freed_image_page_changes_its_high_map_alias():
         t = Trace(machine=_image_machine(with_kernel), events=b.finish(), meta={"handles": 1})
         r = simulate(t)
         assert int(r.counters[C.DIRECT_MAP_LEVEL2_SPLIT]) == splits, with_kernel
+
+
+def test_deferred_init_stops_at_the_section_after_one_section_of_the_top_zone():
+    # defer_init(): only the node's highest zone defers, after PAGES_PER_SECTION of its
+    # pfns, at the next section-aligned pfn; what the real 6.1 and 5.10 guests' pgdatinit
+    # kthreads freed first (traces/real/: 0x10000 at 2 GiB, 0x108000 at 4 and 8 GiB)
+    from dmsim.core.zones import first_deferred_pfn
+
+    assert first_deferred_pfn(MEM) == 0x10000
+    assert first_deferred_pfn([(1, 0x9F), (0x100, 0xBFFDD), (0x100000, 0x140000)]) == 0x108000
+    assert first_deferred_pfn([(1, 0x9F), (0x100, 0x8000)]) is None  # under one section
+
+
+PGDAT = "pgdatinit0-19"
+
+
+def test_deferred_memory_joins_as_the_pgdatinit_kthread_frees_it():
+    # CONFIG_DEFERRED_STRUCT_PAGE_INIT: above 0x10000 nothing is free until
+    # deferred_free_range() frees it (MIGRATE_MOVABLE, to the tail, no pcp); a
+    # pageblock whose first page stays memblock-reserved (an initrd) keeps the zeroed
+    # bitmap's MIGRATE_UNMOVABLE (init_reserved_page() sets no migratetype), so its
+    # pages, freed later, go to the unmovable pcp list and an unmovable request takes
+    # them first
+    from dmsim.core.buddy import MIGRATE_MOVABLE, MIGRATE_UNMOVABLE
+
+    lines = [free(0x10000, order=9, task=PGDAT), free(0x7F000, task="kworker/u2:0-9"),
+             alloc(0x7F000, task="init-1"), RUNNING]
+    t = trace(*lines)
+    assert t.meta is not None and (t.events.flags[t.events.kind == EV_FREE] & 1).tolist() == [1, 0]
+    s = to_simulated_placement(t)
+    assert s.events.kind[0] == EV_H_DEFER and s.events.arg0[0] == 0x10000
+    r = shadow(s)
+    assert shadow_report(r)["outcomes"]["hit"] == 1  # the initrd page, off the pcp list
+    b = r.buddy
+    assert b.pageblock_mt[0x10000 >> 9] == MIGRATE_MOVABLE  # deferred_free_range()
+    assert b.pageblock_mt[0x7F000 >> 9] == MIGRATE_UNMOVABLE
+    assert b.pageblock_mt[0x10200 >> 9] == MIGRATE_UNMOVABLE  # never initialised
+    # above the deferred pfn, the pgdatinit block is the only free one
+    free_pfns = [p for p in range(0x10000, 0x7FFDD) if b.page_flags[p] & 1]  # PG_BUDDY heads
+    assert free_pfns == [0x10000]
+    # without the pgdatinit kthread's frees (no deferred init) nothing is deferred
+    t = trace(free(0x7F000, task="kworker/u2:0-9"), alloc(0x7F000, task="init-1"), RUNNING)
+    s = to_simulated_placement(t)
+    assert not (s.events.kind == EV_H_DEFER).any()
+    assert shadow_report(shadow(s))["outcomes"]["hit"] == 0  # Movable: not the head
+
+
+def test_the_boot_pageset_ends_where_the_trace_clock_has_microseconds():
+    # setup_per_cpu_pageset() runs before late_time_init() (tsc_init()): events stamped
+    # 0.000000 may be on the boot pageset, the first with microseconds is not
+    def at(line, ts):
+        return line.replace(" 1.0: ", f" {ts}: ")
+
+    t = boot_trace(0x52F0, at(alloc(0x52F1, task="<idle>-0"), "0.000000"),
+                   at(alloc(0x52F2, task="<idle>-0"), "0.017395"),
+                   alloc(0x60000, task="kthreadd-2"))
+    idx = t.meta["pcp_setup_event"]
+    assert t.events.arg0[idx] == 0x52F2

@@ -108,7 +108,9 @@ Z_LOWMEM_RESERVE = 10  # lowmem_reserve[j] for j = this + 1 .. (3 columns)
 Z_UNMAPPED_COLLAPSE = 13  # 1: migrate_unmapped with its FIXME in __free_one_page() enabled
 Z_PCP_BATCH_SETUP = 14  # while the boot pageset is on: the batch setup_per_cpu_pageset() sets
 Z_PCP_HIGH_SETUP = 15  # ... and the high (core/pretrace.py)
-NR_ZONE_FIELDS = 16
+Z_PCP_BATCH_FINAL = 16  # with deferred struct page init: the batch init_per_zone_wmark_min() sets
+Z_PCP_HIGH_FINAL = 17  # ... and the high (until then, setup_per_cpu_pageset()'s early sizes)
+NR_ZONE_FIELDS = 18
 
 # cfg switches
 C_PCP = 0  # 1: orders 0-3 (and 9 with C_PCP_THP) go through the per-CPU lists
@@ -915,6 +917,103 @@ def memblock_free_all(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zon
             __free_pages_ok(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info,
                             stats, start, zone, order, FPI_TO_TAIL)
             start += 1 << order
+
+
+@njit(cache=True)
+def defer_struct_pages(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info, stats,
+                       start, end):
+    """CONFIG_DEFERRED_STRUCT_PAGE_INIT: memmap_init() stopped at `start`
+    (zones.first_deferred_pfn()), so [start, end) joins the allocator only as the
+    pgdatinit kthread frees it (deferred_free_range()), and reserved memory there is
+    released later by its own free. Until then it is not free, and its pageblocks keep
+    the zeroed bitmap's MIGRATE_UNMOVABLE: init_reserved_page() sets no migratetype,
+    only deferred_free_range() sets MIGRATE_MOVABLE, on the pageblocks it frees the
+    first page of. Undoes what memblock_free_all() did here at boot."""
+    pfn = start
+    while pfn < end:
+        if flags[pfn] & PG_BUDDY:
+            order = order_[pfn] & 15
+            zone = page_zonenum(zone_info, pfn)
+            del_page_from_free_list(nxt, prv, order_, flags, free_ends, free_count, pfn, zone,
+                                    order)
+            stats[S_NR_FREE_PAGES + zone] -= 1 << order
+            zone_info[zone, Z_MANAGED] -= 1 << order
+            for p in range(pfn, pfn + (1 << order)):
+                flags[p] = PG_RESERVED
+            pfn += 1 << order
+        else:
+            flags[pfn] |= PG_RESERVED
+            pfn += 1
+    first = (start + PAGEBLOCK_NR_PAGES - 1) & ~(PAGEBLOCK_NR_PAGES - 1)
+    for p in range(first, end, PAGEBLOCK_NR_PAGES):
+        pb_mt[p >> PAGEBLOCK_ORDER] = MIGRATE_UNMOVABLE
+    # setup_per_cpu_pageset() sizes the pcp lists from the pages managed by then (the
+    # deferred ones are not), with the watermarks still 0: zone_highsize() gives
+    # batch * 4. init_per_zone_wmark_min(), after deferred init, sets the sizes
+    # the allocator had (kept here until EV_H_WMARK_INIT)
+    for z in range(zone_info.shape[0]):
+        if zone_info[z, Z_PRESENT] == 0 or zone_info[z, Z_PCP_BATCH_FINAL] != 0:
+            continue
+        zone_info[z, Z_PCP_BATCH_FINAL] = zone_info[z, Z_PCP_BATCH]
+        zone_info[z, Z_PCP_HIGH_FINAL] = zone_info[z, Z_PCP_HIGH]
+        batch = max(1, zone_batchsize(zone_info[z, Z_MANAGED]))
+        zone_info[z, Z_PCP_BATCH] = batch
+        zone_info[z, Z_PCP_HIGH] = batch << 2
+
+
+@njit(cache=True)
+def zone_batchsize(managed):
+    """zone_batchsize() (6.1; zones.zone_batchsize() in Python): ~0.1% of the zone or
+    1 MiB, a quarter of it, clamped to 2^n - 1."""
+    batch = min(managed >> 10, (1 << 20) // 4096) // 4
+    if batch < 1:
+        batch = 1
+    batch = batch + batch // 2
+    p = 1
+    while p * 2 <= batch:
+        p *= 2
+    return p - 1
+
+
+@njit(cache=True)
+def init_per_zone_wmark_min(zone_info):
+    """init_per_zone_wmark_min() -> setup_per_zone_wmarks() -> zone_pcp_update(): the
+    pcp sizes from the watermarks and all managed pages, once deferred init is done."""
+    for z in range(zone_info.shape[0]):
+        if zone_info[z, Z_PCP_BATCH_FINAL] == 0:
+            continue
+        if zone_info[z, Z_PCP_BATCH_SETUP] != 0:  # the boot pageset is still on
+            zone_info[z, Z_PCP_BATCH_SETUP] = zone_info[z, Z_PCP_BATCH_FINAL]
+            zone_info[z, Z_PCP_HIGH_SETUP] = zone_info[z, Z_PCP_HIGH_FINAL]
+        else:
+            zone_info[z, Z_PCP_BATCH] = zone_info[z, Z_PCP_BATCH_FINAL]
+            zone_info[z, Z_PCP_HIGH] = zone_info[z, Z_PCP_HIGH_FINAL]
+        zone_info[z, Z_PCP_BATCH_FINAL] = 0
+        zone_info[z, Z_PCP_HIGH_FINAL] = 0
+
+
+@njit(cache=True)
+def deferred_free_range(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info, stats,
+                        pfn, order):
+    """The pgdatinit kthread's free of a block it initialised (deferred_free_range()):
+    MIGRATE_MOVABLE on each pageblock whose first page it holds, then
+    __free_pages_core(): straight to the buddy lists' tails (FPI_TO_TAIL), no pcp.
+    The block is a claimed one (claim_block() gave it its managed pages). 0, or -1
+    for a bad free (counted, ignored)."""
+    if (pfn < 0 or pfn >= flags.shape[0] or not (flags[pfn] & PG_HEAD)
+            or (order_[pfn] & 15) != order):
+        stats[S_BAD_FREE] += 1
+        return -1
+    zone = page_zonenum(zone_info, pfn)
+    flags[pfn] &= ~PG_HEAD
+    for p in range(pfn, pfn + (1 << order)):
+        flags[p] &= ~PG_LRU
+        if (p & (PAGEBLOCK_NR_PAGES - 1)) == 0:
+            pb_mt[p >> PAGEBLOCK_ORDER] = MIGRATE_MOVABLE
+    stats[S_NR_FREE_CALLS] += 1
+    __free_pages_ok(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zone_info, stats,
+                    pfn, zone, order, FPI_TO_TAIL)
+    return 0
 
 
 @njit(cache=True)

@@ -38,6 +38,9 @@ from .buddy import (
     S_PB_LOG_LEN,
     S_PRETRACE_MISS,
     claim_block,
+    defer_struct_pages,
+    deferred_free_range,
+    init_per_zone_wmark_min,
     move_freepages_block,
     page_zonenum,
 )
@@ -61,6 +64,9 @@ EV_H_CPA = 11
 EV_H_CLAIM = 12
 EV_H_FILL = 14
 EV_H_PCP_SETUP = 15
+EV_H_DEFER = 16
+EV_H_WMARK_INIT = 17
+FREE_DEFERRED_INIT = 1
 FILL_BOOT_PAGESET = 1 << 16
 CPAF_PRIMARY = 1
 CPAF_FORCE_SPLIT = 2
@@ -540,11 +546,19 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
                 stats[S_PRETRACE_MISS] += 1
         elif k == EV_H_PCP_SETUP:
             setup_per_cpu_pageset(zone_info)
+        elif k == EV_H_DEFER:  # the memory deferred_init_memmap() will free
+            defer_struct_pages(nxt, prv, order_, bflags, pb_mt, free_ends, free_count, zone_info,
+                               stats, h, arg1[i])
+        elif k == EV_H_WMARK_INIT:
+            init_per_zone_wmark_min(zone_info)
         elif k == EV_H_FREE:
             if h_kind[h] != H_PAGES:
                 counters[C.NR_HANDLE_ERRORS] += 1
                 continue
-            if hooks:  # free_pages_prepare()'s hook, and what it left to settle
+            if flags[i] & FREE_DEFERRED_INIT:  # the pgdatinit kthread's, never mapped otherwise
+                deferred_free_range(nxt, prv, order_, bflags, pb_mt, free_ends, free_count,
+                                    zone_info, stats, h_base[h], h_len[h])
+            elif hooks:  # free_pages_prepare()'s hook, and what it left to settle
                 free_hook(h_base[h], h_len[h], dm, buddy, row_pfn, pud_pfn, pol, uc)
                 if unsettled(dm, buddy):
                     settle(dm, buddy, row_pfn, pud_pfn, pol, uc)

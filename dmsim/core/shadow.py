@@ -247,6 +247,20 @@ def drain_pcp_list(buddy, head_of):
 
 
 @njit(cache=True)
+def rotate_pcp_before(buddy, head_of, pfn):
+    """Move the blocks ahead of pfn on the pcp list page head_of is on to its tail."""
+    nxt, prv, pcp_ends = buddy[0], buddy[1], buddy[7]
+    zone = page_zonenum(buddy[8], head_of)
+    pid = _pcp_list_of(prv, pcp_ends, zone, head_of)
+    if pid < 0:
+        return
+    while pcp_ends[pid, 0] >= 0 and pcp_ends[pid, 0] != pfn:
+        first = pcp_ends[pid, 0]
+        _list_del(nxt, prv, pcp_ends, pid, first)
+        _list_add(nxt, prv, pcp_ends, pid, first, True)
+
+
+@njit(cache=True)
 def take(buddy, pfn, order, mt):
     """Take the block [pfn, pfn + 2^order) the kernel allocated out of the model's
     free lists: a pcp list's block of that order, or any buddy block holding it
@@ -341,6 +355,13 @@ def shadow_decide(i, pred, rec, zone, order, mt, vmalloc, buddy, sh):
                 # model holds there are not the kernel's: drain them, as a refill
                 # from the same lists would have taken them
                 drain_pcp_list(buddy, pred)
+            elif src == SRC_PCP:
+                # the kernel's block was deeper on the list the model took its head
+                # from: the blocks before it were not at the head of the kernel's list
+                # (pages the model has free and the kernel had not, or a different
+                # order). They go to the tail, where free_pcppages_bulk() drains first,
+                # so the model's next guess is the kernel's next block
+                rotate_pcp_before(buddy, pred, rec)
         if take(buddy, rec, order, mt) == 0:
             out = OUT_MOVED if pred >= 0 else OUT_MODEL_OOM
             got = rec

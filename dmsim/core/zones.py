@@ -80,6 +80,31 @@ def zone_layout(memory_pfn_ranges: list[tuple[int, int]]) -> list[ZoneSpan]:
     return out
 
 
+PAGES_PER_SECTION = 1 << (27 - 12)  # SECTION_SIZE_BITS 27 on x86-64: 128 MiB
+
+
+def first_deferred_pfn(memory_pfn_ranges: list[tuple[int, int]]) -> int | None:
+    """Where CONFIG_DEFERRED_STRUCT_PAGE_INIT stops memmap_init() (6.1 ``defer_init()``):
+    only the node's highest zone defers, after one section's worth of its memory pfns,
+    at the next section-aligned pfn. None when that zone is too small to defer.
+    deferred_init_memmap() (the pgdatinit kthread) frees the rest later."""
+    spans = [z for z in zone_layout(memory_pfn_ranges) if z.end_pfn > z.start_pfn]
+    top = spans[-1]  # end_pfn == pgdat_end_pfn(): the only zone defer_init() defers
+    nr_initialised = 0
+    for s, e in sorted(memory_pfn_ranges):
+        s, e = max(s, top.start_pfn), min(e, top.end_pfn)
+        if s >= e:
+            continue
+        # the first pfn p in [s, e) with nr_initialised + (p - s + 1) > PAGES_PER_SECTION,
+        # then the first section-aligned pfn from there
+        p = max(s, s + PAGES_PER_SECTION - nr_initialised)
+        p = -(-p // PAGES_PER_SECTION) * PAGES_PER_SECTION
+        if p < e:
+            return p
+        nr_initialised += e - s
+    return None
+
+
 def rounddown_pow_of_two(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 

@@ -39,6 +39,11 @@ EV_VCPA = 13
 EV_H_FILL = 14
 FILL_BOOT_PAGESET = 1 << 16  # EV_H_FILL flags: the boot pageset stays on until EV_H_PCP_SETUP
 EV_H_PCP_SETUP = 15  # setup_per_cpu_pageset(): the pcp lists get their batch and high
+# CONFIG_DEFERRED_STRUCT_PAGE_INIT (core/buddy.py defer_struct_pages()): arg0 the first
+# deferred pfn, arg1 the zone's end: that memory joins the allocator only as freed
+EV_H_DEFER = 16
+FREE_DEFERRED_INIT = 1  # EV_FREE / EV_H_FREE flags: freed by the pgdatinit kthread
+EV_H_WMARK_INIT = 17  # init_per_zone_wmark_min(): the pcp lists get their final sizes
 VFREE_RESET_PERMS = 1  # the area has VM_FLUSH_RESET_PERMS (module, BPF memory)
 CPAF_RAW = 4  # EV_H_CPA: a recorded call moved onto the handle's pages, applied as recorded
 

@@ -34,13 +34,22 @@ from .events import (
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
     EV_VCPA,
+    FREE_DEFERRED_INIT,
     SAMPLE,
     Checkpoint,
     EventArrays,
     EventBuilder,
     Trace,
 )
-from .ftrace_scan import SCAN_ALLOC, SCAN_CPA, SCAN_FREE, SCAN_OTHER, scan
+from .ftrace_scan import (
+    SCAN_ALLOC,
+    SCAN_CPA,
+    SCAN_FREE,
+    SCAN_OTHER,
+    TASK_DEFERRED_INIT,
+    TASK_IDLE,
+    scan,
+)
 from .preboot import early_symbols, start_kernel_calls
 
 EVENT_RE = re.compile(r"\s(\d+\.\d+):\s+([\w/]+):\s?(.*)$")
@@ -48,6 +57,7 @@ E820_RE = re.compile(r"BIOS-e820: \[mem (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\] (.+?
 E820_UPDATE_RE = re.compile(
     r"e820: update \[mem (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\] (\S+) ==> (\S+)")
 E820_REMOVE_RE = re.compile(r"e820: remove \[mem (0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\] (\S+)")
+TIMESTAMP_RE = re.compile(rb"\s\d+\.(\d{6}):\s")
 DMESG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 ENTRIES_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
 
@@ -161,7 +171,8 @@ def parse_ftrace(text: str | bytes, path: str, lenient: bool = False,
         # a machine config gives the RAM; where KASLR put the kernel is in the trace
         found = _machine_from_trace(path, machine.e820, kallsyms, phys_base, meminfo_seen)
         machine = replace(machine, kernel=found.kernel, reserved=machine.reserved or found.reserved)
-    trace = _translate(machine, kind, fields, markers, checkpoints, kallsyms)
+    pcp_line = _pcp_setup_line(data, kind, start)
+    trace = _translate(machine, kind, fields, markers, checkpoints, kallsyms, pcp_line)
     trace.meta.update({
         "format": "ftrace",
         "overflow": overflow is not None and overflow[0] < overflow[1],
@@ -235,7 +246,23 @@ def _duplicate_frees(kind, fields) -> np.ndarray:
     return out
 
 
-def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -> Trace:
+def _pcp_setup_line(data: bytes, kind, start) -> int | None:
+    """The line of the first page event certainly after setup_per_cpu_pageset(), or None.
+
+    start_kernel() calls setup_per_cpu_pageset() before late_time_init() (x86:
+    tsc_init()) and sched_clock_init(): until then the trace clock reads 0 or whole
+    jiffies, after it has microseconds. (The idle task's other events before
+    rest_init() may come after it too; which, the trace cannot say.)"""
+    mem = np.nonzero((kind == SCAN_ALLOC) | (kind == SCAN_FREE))[0]
+    for li in mem[:4096].tolist():
+        m = TIMESTAMP_RE.search(data, int(start[li]), int(start[li + 1]))
+        if m and m.group(1)[-3:] != b"000":
+            return li
+    return None
+
+
+def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms,
+               pcp_line: int | None = None) -> Trace:
     """Merge scanned events and markers in line order; turn virtual addresses
     into vpfns; CPA calls on vmalloc space become EV_VCPA markers (their alias
     calls are in the trace, and do the work); place EV_KERNEL_RO; prepend start_kernel's untraced calls."""
@@ -284,12 +311,13 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     flg = np.concatenate([cpa_flags[keep_ev].astype(np.int32),
                           np.where(kind[mem_li] == SCAN_ALLOC,
                                    fields[mem_li, 2] | fields[mem_li, 3] << np.uint64(8),
-                                   0).astype(np.int32),
+                                   np.where(fields[mem_li, 4] == TASK_DEFERRED_INIT,
+                                            FREE_DEFERRED_INIT, 0)).astype(np.int32),
                           np.zeros(len(markers), np.int32)])
     alias = np.concatenate([(direct & ~primary)[keep_ev], np.ones(len(mem_li), bool),
                             np.zeros(len(markers), bool)])  # what may sit inside a call
     # kmem events of the idle task: start_kernel() before rest_init() (the boot pageset)
-    by_pid0 = np.concatenate([np.zeros(int(keep_ev.sum()), bool), fields[mem_li, 4] == 1,
+    by_pid0 = np.concatenate([np.zeros(int(keep_ev.sum()), bool), fields[mem_li, 4] == TASK_IDLE,
                               np.zeros(len(markers), bool)])
     order = np.argsort(li, kind="stable")
     by_pid0 = by_pid0[order]
@@ -318,9 +346,13 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms) -
     pre = b.finish()
     lines = np.concatenate([np.zeros(len(pre), np.int64), cols.pop()])
     # setup_per_cpu_pageset() runs in start_kernel() before rest_init() starts the
-    # first other task: the boot pageset ends before that task's first page event
+    # first other task, and before the trace clock has microseconds: the boot
+    # pageset ends before the first page event of either
     mem = np.nonzero(((cols[0] == EV_ALLOC) | (cols[0] == EV_FREE)) & ~by_pid0)[0]
     pcp_setup = int(mem[0]) + len(pre) if len(mem) and by_pid0.any() else None
+    if pcp_line is not None and pcp_setup is not None:
+        at = int(np.searchsorted(lines[len(pre):], pcp_line + 1))
+        pcp_setup = min(pcp_setup, at + len(pre))
     ev = EventArrays(*(np.concatenate([p, c]).astype(p.dtype) for p, c in zip(pre.columns(), cols, strict=True)))
     t = Trace(machine=machine, events=ev, checkpoints=checkpoints, lines=lines)
     t.meta["cpa_vmalloc"] = int(vm.sum())

@@ -153,10 +153,15 @@ def _gfp_zone(buf, s, e):
     return np.uint64(zone)
 
 
+TASK_IDLE = 1  # fields[4] of a kmem line: the idle task (pid 0), start_kernel() on the boot CPU
+TASK_DEFERRED_INIT = 2  # ... a pgdatinit<nid> kthread: deferred_init_memmap()
+PGDATINIT = np.frombuffer(b"pgdatinit", np.uint8)
+
+
 @njit(cache=True)
-def _by_pid0(buf, s, e):
-    """1 when the line's TASK-PID (the token before the first '[') ends in "-0":
-    the idle task, which runs start_kernel() on the boot CPU."""
+def _task(buf, s, e):
+    """Who logged the line, from its TASK-PID (the tokens before the first '['):
+    TASK_IDLE when the pid is 0, TASK_DEFERRED_INIT for a pgdatinit kthread, else 0."""
     p = s
     while p < e and buf[p] != 91:  # '['
         p += 1
@@ -164,7 +169,15 @@ def _by_pid0(buf, s, e):
     while q > s and buf[q] == 32:
         q -= 1
     if q > s and buf[q] == 48 and buf[q - 1] == 45:  # "-0"
-        return np.uint64(1)
+        return np.uint64(TASK_IDLE)
+    t = s
+    while t < q and buf[t] == 32:
+        t += 1
+    if q - t >= PGDATINIT.shape[0]:
+        for j in range(PGDATINIT.shape[0]):
+            if buf[t + j] != PGDATINIT[j]:
+                return np.uint64(0)
+        return np.uint64(TASK_DEFERRED_INIT)
     return np.uint64(0)
 
 
@@ -222,7 +235,7 @@ def scan_lines(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_r
                                         fields[li, 3] = _gfp_zone(buf, ne + 1, e)
                                     elif r == NAME_FREE_BATCHED:
                                         fields[li, 3] = 1
-                                    fields[li, 4] = _by_pid0(buf, s, ns)
+                                    fields[li, 4] = _task(buf, s, ns)
                                 break
         kind[li] = k
         li += 1

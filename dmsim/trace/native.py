@@ -49,6 +49,7 @@ from .events import (
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
     EV_VCPA,
+    FREE_DEFERRED_INIT,
     SAMPLE,
     SPACE_DIRECT,
     SPACE_HIGHMAP,
@@ -463,7 +464,9 @@ class _Events:
                 raise _Bad("expected `alloc <pfn hex> <order> [mt=<migratetype>] "
                            "[zone=dma|dma32|normal]`")
         else:
-            _nargs(tokens, 3, "free <pfn hex> <order>")
+            deferred = len(tokens) == 4 and tokens[3] == "deferred_init"
+            if not deferred:
+                _nargs(tokens, 3, "free <pfn hex> <order> [deferred_init]")
         pfn = _hex(tokens[1], "pfn")
         order = _dec(tokens[2], "order")
         if order > MAX_ORDER:
@@ -475,6 +478,10 @@ class _Events:
         if i < 0 or end > self.ram_end[i]:
             where = "past the end of RAM" if pfn >= self.max_pfn else "outside RAM (an e820 hole)"
             raise _Bad(f"pages [{pfn:#x}, {end:#x}) are {where} (max_pfn {self.max_pfn:#x})")
+        if word == "free":
+            self.b.append(EV_FREE, pfn, order, flags=FREE_DEFERRED_INIT if deferred else 0)
+            self.n_free += 1
+            return
         mt, zone = 0, ZONES["normal"]
         for tok in tokens[3:]:
             if tok.startswith("mt="):
@@ -485,12 +492,8 @@ class _Events:
                 zone = ZONES[tok[5:]]
             else:
                 raise _Bad(f"unexpected field {tok!r}; expected mt=<migratetype> or zone=...")
-        if word == "alloc":
-            self.b.append(EV_ALLOC, pfn, order, flags=mt | zone << 8)
-            self.n_alloc += 1
-        else:
-            self.b.append(EV_FREE, pfn, order)
-            self.n_free += 1
+        self.b.append(EV_ALLOC, pfn, order, flags=mt | zone << 8)
+        self.n_alloc += 1
 
 
 # The bulk path (native_scan.py): the words and limits of the checks above, as arrays.
@@ -696,7 +699,7 @@ def write_native(trace: Trace, out: TextIO) -> None:
                 " zone=" + next(z for z, v in ZONES.items() if v == zone)
             buf.append(f"alloc {a0:#x} {a1} mt={fl & 0xFF}{where}\n")
         elif kind == EV_FREE:
-            buf.append(f"free {a0:#x} {a1}\n")
+            buf.append(f"free {a0:#x} {a1}{' deferred_init' if fl & FREE_DEFERRED_INIT else ''}\n")
         elif kind == EV_CHECKPOINT:
             cp = by_index.get(a0)
             if cp is None or a0 in used:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.constants import _PAGE_PRESENT, _PAGE_RW
+from ..core.zones import first_deferred_pfn, zone_layout
 from .events import (
     CPAF_PRIMARY,
     CPAF_RAW,
@@ -43,13 +44,16 @@ from .events import (
     EV_H_ALLOC,
     EV_H_CLAIM,
     EV_H_CPA,
+    EV_H_DEFER,
     EV_H_FILL,
     EV_H_FREE,
     EV_H_PCP_SETUP,
     EV_H_VFREE,
     EV_H_VMALLOC,
+    EV_H_WMARK_INIT,
     EV_VCPA,
     FILL_BOOT_PAGESET,
+    FREE_DEFERRED_INIT,
     H_PT_PAGE,
     H_RECORDED,
     UNMAPPED_BPF,
@@ -72,9 +76,11 @@ def to_simulated_placement(trace: Trace) -> Trace:
     fl = ev.flags.tolist()
 
     areas, first_event = vmalloc_areas(trace)
-    in_area = np.zeros(nr_pfns, bool)
-    for pages, _, _ in areas:
-        in_area[pages] = True
+    area_from = np.full(nr_pfns, len(kind), np.int64)  # when a page first backs an area
+    for at, idx in first_event.items():
+        for a in idx:
+            pages = areas[a][0]
+            area_from[pages] = np.minimum(area_from[pages], at)
 
     # pass 1: blocks the trace frees without having allocated them. The first
     # such free of pages nothing traced has touched yet was allocated before the
@@ -91,7 +97,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
         elif k == EV_FREE:
             if live.get(pfn) == order:
                 del live[pfn]
-            elif in_area[pfn:pfn + (1 << order)].any():
+            elif (area_from[pfn:pfn + (1 << order)] <= i).any():
                 continue  # a vmalloc area's page: freed by its EV_H_VFREE
             elif not touched[pfn:pfn + (1 << order)].any():
                 pre.append((pfn, order, i))
@@ -100,6 +106,13 @@ def to_simulated_placement(trace: Trace) -> Trace:
     pt_page = table_pages(trace)
     b = EventBuilder(len(ev) + len(pre) + 16)
     src: list[int] = []  # per row of b: the event of `trace` it comes from
+    deferred = deferred_range(trace)
+    wmark_init = -1
+    if deferred is not None:  # before the claims: the deferred ones are reserved memory
+        b.append(EV_H_DEFER, *deferred)
+        src.append(0)
+        wmark_init = int(np.nonzero((ev.kind == EV_FREE)
+                                    & ((ev.flags & FREE_DEFERRED_INIT) != 0))[0][-1]) + 1
     owner = np.full(nr_pfns, -1, np.int64)  # recorded pfn -> handle
     base = {}  # handle -> recorded head pfn
     h_next = 0
@@ -144,6 +157,8 @@ def to_simulated_placement(trace: Trace) -> Trace:
             b.append(EV_H_FILL, *fill)
         if fill is not None and i == pcp_setup:
             b.append(EV_H_PCP_SETUP)
+        if i == wmark_init:  # page_alloc_init_late() is done: the initcalls follow
+            b.append(EV_H_WMARK_INIT)
         for a in first_event.get(i, ()):  # module_alloc() just before its first alias call
             h = h_next
             h_next += 1
@@ -183,7 +198,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
             if h < 0 or base.get(h) != pfn:
                 dropped += 1  # frees a block allocated where no trace event shows
                 continue
-            b.append(EV_H_FREE, h)
+            b.append(EV_H_FREE, h, 0, 0, 0, fl[i] & FREE_DEFERRED_INIT)
             owner[pfn:pfn + (1 << order)] = -1
             del base[h]
         elif k == EV_CPA and a0[i] < hv:
@@ -216,6 +231,24 @@ def to_simulated_placement(trace: Trace) -> Trace:
                      "page_table_pages": int(pt_page.sum()),
                      "one_page_vmalloc_areas": len(one_page_areas)})
     return out
+
+
+def deferred_range(trace: Trace) -> tuple[int, int] | None:
+    """EV_H_DEFER's (first deferred pfn, zone end) for a trace whose kernel deferred
+    struct page init (CONFIG_DEFERRED_STRUCT_PAGE_INIT, on in Debian's and most
+    distributions' kernels): the trace shows the pgdatinit kthread's frees. None
+    otherwise, or when they free memory below where defer_init() would have
+    stopped (then the rule does not fit this kernel, and the model keeps its boot)."""
+    ev = trace.events
+    by_pgdatinit = (ev.kind == EV_FREE) & ((ev.flags & FREE_DEFERRED_INIT) != 0)
+    if not by_pgdatinit.any():
+        return None
+    mem = [((s + 4095) >> 12, e >> 12) for s, e in trace.machine.ram_ranges()]
+    start = first_deferred_pfn(mem)
+    if start is None or int(ev.arg0[by_pgdatinit].min()) < start:
+        return None
+    end = [z for z in zone_layout(mem) if z.end_pfn > z.start_pfn][-1].end_pfn
+    return start, end
 
 
 def pretrace_target(trace: Trace, pt_page: np.ndarray):
