@@ -194,7 +194,7 @@ def test_diff_bad_policy_file_names_file_and_key(runner, trace, fake_core, tmp_p
     p = tmp_path / "mine.yaml"
     p.write_text("alloc: baseline\nmerge: cpa-merge\n")
     r = runner.invoke(cli, ["diff", trace, "--policy", "baseline", "--policy", str(p)])
-    assert r.exit_code == 2
+    assert r.exit_code == 3  # a file the user gave that is malformed: bad input
     assert f"{p}: merge: unknown merge policy 'cpa-merge'" in " ".join(r.stderr.split())
 
 

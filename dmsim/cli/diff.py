@@ -8,7 +8,9 @@ import sys
 import click
 
 from .common import (
+    EXIT_BAD_INPUT,
     EXIT_FAIL,
+    die,
     handle_errors,
     lenient_option,
     machine_option,
@@ -18,8 +20,10 @@ from .common import (
 
 
 def policy_callback(ctx, param, value):
-    """--policy SPEC: load it now, so a bad file is a usage error (exit 2) before any work."""
-    from ..policy import PolicyError, load_policy
+    """--policy SPEC: load it now, before any work. A wrong spec (an unknown name, two
+    allocation policies) is a usage error (exit 2); a policy file that is missing or
+    malformed is bad input (exit 3), as every file the user gives."""
+    from ..policy import PolicyError, PolicyFileError, load_policy
 
     if value is None:
         return None
@@ -28,6 +32,8 @@ def policy_callback(ctx, param, value):
     for spec in specs:
         try:
             out.append(load_policy(spec))
+        except PolicyFileError as e:
+            die(str(e), EXIT_BAD_INPUT)
         except PolicyError as e:
             raise click.BadParameter(str(e), ctx, param) from None
     return tuple(out) if isinstance(value, tuple) else out[0]
