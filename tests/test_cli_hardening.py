@@ -181,6 +181,26 @@ def test_gen_compresses_by_extension_too(runner, tmp_path):
     assert lzma.decompress(out.read_bytes()).startswith(b"dmsim-trace 1\n")
 
 
+# ---- 2. a machine that does not cover the trace -----------------------------------------
+
+@pytest.mark.parametrize("placement", ["recorded", "simulate"])
+def test_a_machine_that_does_not_cover_the_trace_is_bad_input(runner, placement):
+    small_machine = os.path.join(MACHINES, "qemu-2g.yaml")
+    r = runner.invoke(cli, ["replay", "--machine", small_machine, "--placement", placement,
+                            REAL8])
+    assert r.exit_code == 3, r.output
+    assert r.stdout == "" and "Traceback" not in r.output
+    line = r.stderr.splitlines()[0]
+    assert line.startswith(f"dmsim: {REAL8}:24: pfn 0x1042f0 (order 0) is not in the machine's "
+                           "RAM (qemu-2g: RAM pfn 0x1-0x9f, pfn 0x100-0x7ffdd)")
+    assert "mm_page_alloc: page=000000006a552630 pfn=0x1042f0 order=0" in line
+
+
+def test_a_bigger_machine_covers_the_trace(runner, small):
+    r = runner.invoke(cli, ["replay", "--machine", os.path.join(MACHINES, "qemu-4g.yaml"), small])
+    assert r.exit_code == 0, r.output
+
+
 # ---- 4. --scale is a length --------------------------------------------------------------
 
 @pytest.mark.parametrize("scale", ["1e9", "inf", "nan", "0", "-1", "-inf"])
