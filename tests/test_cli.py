@@ -182,7 +182,7 @@ def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
                      .replace("check DirectMap2M 2091008", "check DirectMap2M 2088960"))
     r = runner.invoke(cli, ["replay", "--verify", str(p)])
     assert r.exit_code == 0, r.output
-    assert "passed 1..2 while read" in r.stdout
+    assert "passed 1..2 while read" in r.stderr
     p.write_text(text.replace("sample\n", ""))  # no window: exact at the marker
     assert runner.invoke(cli, ["replay", "--verify", str(p)]).exit_code == 1
 

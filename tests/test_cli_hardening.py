@@ -236,3 +236,51 @@ def test_exit_codes_of_files_and_flags(runner, small, tmp_path):
         assert message in r.stderr and "Traceback" not in r.output, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 or code == 2, (args, r.stderr)
     assert bad_yaml.read_text() == "merge: [\n"
+
+
+# ---- 6. the user's text is printed as it is ----------------------------------------------
+
+def test_user_text_is_not_rich_markup(runner, tmp_path):
+    p = tmp_path / "t.trace"
+    bad = "frobnicate :100: [red]x[/red] :smile: [bold]"
+    p.write_text(SMALL.replace("system_running\n", f"system_running\n{bad}\n")
+                 .replace("step one", "step [red]one[/red] :smile:"))
+    r = runner.invoke(cli, ["replay", "--lenient", "--verify", str(p)])
+    assert r.exit_code == 0, r.output
+    assert bad in r.stderr
+    assert "[red]one[/red] :smile:" in r.stderr
+    assert "\U0001f4af" not in r.stderr and "\U0001f604" not in r.stderr
+
+
+def test_policy_names_in_warnings_are_not_markup(runner, small, tmp_path):
+    p = tmp_path / "x[bold]:smile:.yaml"
+    p.write_text("alloc: migrate_unmapped\ndescription: ':smile: [bold]x'\n")
+    r = runner.invoke(cli, ["diff", small, "--policy", "baseline", "--policy", str(p),
+                            "--placement", "simulate", "--progress"])
+    assert r.exit_code == 0, r.output
+    assert "x[bold]:smile:: the trace has no page allocations to place" in r.stderr
+    assert "\U0001f604" not in r.stderr
+
+
+# ---- 8. --verify prints the requested format; nothing to verify is said -------------------
+
+def test_verify_keeps_the_format_on_stdout(runner, small):
+    r = runner.invoke(cli, ["replay", "--verify", "--format", "meminfo", small])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == ["DirectMap4k:        6004 kB", "DirectMap2M:     2091008 kB",
+                                     "DirectMap1G:           0 kB"]
+    assert "checkpoints: kernel vs dmsim" in r.stderr and "all 3 checkpoints match" in r.stderr
+    r = runner.invoke(cli, ["replay", "--verify", small])
+    assert r.stdout == "direct_map_level2_splits 1\ndirect_map_level3_splits 0\n"
+
+
+def test_verify_without_checkpoints_verifies_nothing_and_says_so(runner, tmp_path):
+    p = tmp_path / "t.trace"
+    p.write_text("".join(ln + "\n" for ln in SMALL.splitlines() if not ln.startswith("check")))
+    r = runner.invoke(cli, ["replay", "--verify", str(p)])
+    assert r.exit_code == 4, r.output
+    assert r.stdout.startswith("direct_map_level2_splits 1\n")
+    assert "no kernel checkpoints: nothing was verified" in r.stderr
+    assert "match" not in r.stderr
+    # without --verify, no checkpoints is fine
+    assert runner.invoke(cli, ["replay", str(p)]).exit_code == 0

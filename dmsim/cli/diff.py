@@ -16,6 +16,7 @@ from .common import (
     machine_option,
     stderr_console,
     trace_argument,
+    warn,
 )
 
 
@@ -128,6 +129,8 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
         raise click.BadParameter(f"{dup!r} given twice", param_hint="'--policy'")
     allocating = [p for p in policies if p.needs_simulated_placement]
 
+    from rich.markup import escape
+
     from ..load import load_trace
     from ..report.diff import DiffResult, diff_text
     from ..report.result import build_result
@@ -163,7 +166,7 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
     values: dict[str, dict[str, int]] = {}
     warnings: list[str] = []
     for i, p in enumerate(policies):
-        label = f"{p.name} ({i + 1}/{len(policies)})"
+        label = f"{escape(p.name)} ({i + 1}/{len(policies)})"
         policy = core_policy(p, by_handle, warnings.append)
         r = _simulate(simulate, t, policy, label, err if show else None)
         values[p.name] = {c: counter_value(r.counters, c) for c in REPORT_COUNTERS}
@@ -173,7 +176,7 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
                 warnings.append(w)
         del r  # the direct map of a big machine is large: keep only the counters
     for w in warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+        warn(err, w)
 
     from ..gates import evaluate
 
