@@ -238,6 +238,16 @@ def test_exit_codes_of_files_and_flags(runner, small, tmp_path):
     assert bad_yaml.read_text() == "merge: [\n"
 
 
+def test_a_flag_that_does_not_fit_the_trace_is_a_usage_error(runner, small, tmp_path):
+    # the trace is fine; the flag asks for what it cannot give (was exit 3)
+    r = runner.invoke(cli, ["replay", "--format", "buddyinfo", small])
+    assert r.exit_code == 2 and "or --placement simulate" in r.stderr and r.stdout == ""
+    h = tmp_path / "h.trace"
+    h.write_text(SMALL.replace("system_running\n", "system_running\npage_alloc 1 0\n"))
+    r = runner.invoke(cli, ["replay", "--placement", "shadow", str(h)])
+    assert r.exit_code == 2 and "needs a recorded trace" in r.stderr
+
+
 # ---- 6. the user's text is printed as it is ----------------------------------------------
 
 def test_user_text_is_not_rich_markup(runner, tmp_path):

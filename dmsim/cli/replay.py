@@ -8,9 +8,9 @@ import sys
 import click
 
 from .common import (
-    EXIT_BAD_INPUT,
     EXIT_FAIL,
     EXIT_NOT_VERIFIED,
+    EXIT_USAGE,
     die,
     handle_errors,
     lenient_option,
@@ -79,7 +79,7 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         if names_allocations_by_handle(t):
             die("--placement shadow scores the allocator against the kernel's pfns: it needs "
                 "a recorded trace (ftrace text), and this one names allocations by handle",
-                EXIT_BAD_INPUT)
+                EXIT_USAGE)
         if policy is not None and policy.name != "baseline":
             raise click.BadParameter("shadow placement scores the baseline (Linux 6.1) "
                                      "allocator; drop --policy", param_hint="'--policy'")
@@ -96,6 +96,9 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         raise click.BadParameter(
             f"{policy.name}: allocation policy {policy.alloc} decides where pages go; on a "
             "recorded trace it needs --placement simulate", param_hint="'--policy'")
+    if fmt in ("buddyinfo", "pagetypeinfo") and not names_allocations_by_handle(t):
+        die(f"--format {fmt} needs simulated placement: a trace that names allocations "
+            "by handle (page_alloc, vmalloc, ...), or --placement simulate", EXIT_USAGE)
     sim_policy = core_policy(policy, names_allocations_by_handle(t),
                              lambda w: warn(err, w))
     if placement == "shadow":
@@ -126,9 +129,6 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
 
     out = sys.stdout
     if fmt in ("buddyinfo", "pagetypeinfo"):
-        if r.buddy is None:
-            die(f"--format {fmt} needs simulated placement: a trace that names allocations "
-                "by handle (page_alloc, vmalloc, ...)", EXIT_BAD_INPUT)
         from ..report import buddy as buddy_report
 
         out.write(getattr(buddy_report, fmt)(r.buddy))
