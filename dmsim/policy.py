@@ -37,6 +37,11 @@ class PolicyError(ValueError):
     """A policy spec or file is wrong; the message names the file and the key."""
 
 
+class PolicyFileError(PolicyError):
+    """A policy file that cannot be read or is malformed (bad input, where a wrong
+    spec, e.g. an unknown name or two allocation policies composed, is a usage error)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str = "baseline"
@@ -125,7 +130,17 @@ def _shown(path: Path | str) -> str:
 
 
 def parse_policy_file(data, where: str, name: str) -> PolicyFile:
-    """Validate a parsed YAML document; `where` (the file) prefixes every error."""
+    """Validate a parsed YAML document; `where` (the file) prefixes every error
+    (PolicyFileError)."""
+    try:
+        return _parse_policy_file(data, where, name)
+    except PolicyFileError:
+        raise
+    except PolicyError as e:
+        raise PolicyFileError(str(e)) from None
+
+
+def _parse_policy_file(data, where: str, name: str) -> PolicyFile:
     if not isinstance(data, dict):
         raise PolicyError(f"{where}: expected a mapping of keys ({', '.join(FILE_KEYS)})")
     for k in data:
@@ -197,7 +212,7 @@ def read_policy_file(path: Path | str, name: str | None = None) -> PolicyFile:
         for ext in (".yaml", ".yml"):
             if name.endswith(ext):
                 name = name[:-len(ext)]
-    data = load_yaml(path, where, PolicyError)
+    data = load_yaml(path, where, PolicyFileError)
     return parse_policy_file(data, where, name)
 
 
@@ -213,7 +228,7 @@ def policy_names(directory: Path | str = POLICY_DIR) -> list[str]:
 def _resolve(part: str, directory: Path | str) -> PolicyFile:
     if "/" in part or part.endswith((".yaml", ".yml")) or os.sep in part:
         if not os.path.isfile(part):
-            raise PolicyError(f"{part}: no such policy file")
+            raise PolicyFileError(f"{part}: no such policy file")
         return read_policy_file(part)
     if not NAME_RE.fullmatch(part):
         raise PolicyError(f"{part!r}: not a policy name (a name in {_shown(directory)}/ "

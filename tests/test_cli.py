@@ -134,19 +134,19 @@ def test_convert_round_trip_and_no_overwrite(runner, tmp_path):
     assert a == b
     before = out.read_text()
     r = runner.invoke(cli, ["convert", REAL, "-o", str(out)])
-    assert r.exit_code == 3 and "not overwriting" in r.stderr
+    assert r.exit_code == 2 and "not overwriting" in r.stderr  # a usage error: the -o
     assert out.read_text() == before
 
 
 @pytest.mark.parametrize("command", [["convert", REAL], ["gen", "boot", "--scale", "0.01"]])
-def test_an_output_that_cannot_be_written_is_a_usage_error(runner, tmp_path, command):
-    # -o into a directory that does not exist: exit 2 with the path and the reason,
-    # no temporary file left behind (was: an internal error, exit 70)
+def test_an_output_that_cannot_be_written_exits_73(runner, tmp_path, command):
+    # -o into a directory that does not exist: exit 73 (cannot write output) with the
+    # path and the reason, no temporary file left behind (was: an internal error, exit 70)
     out = tmp_path / "no-such-dir" / "out.trace"
     r = runner.invoke(cli, [*command, "-o", str(out)])
-    assert r.exit_code == 2, r.output
-    assert f"{out}: cannot write: No such file or directory" in r.stderr
-    assert not (tmp_path / "no-such-dir").exists()
+    assert r.exit_code == 73, r.output
+    assert r.stderr == f"dmsim: {out}: cannot write: No such file or directory\n"
+    assert not (tmp_path / "no-such-dir").exists() and os.listdir(tmp_path) == []
 
 
 def test_machine_override(runner, tmp_path):
@@ -182,7 +182,7 @@ def test_sample_window_accepts_a_value_passed_while_reading(runner, tmp_path):
                      .replace("check DirectMap2M 2091008", "check DirectMap2M 2088960"))
     r = runner.invoke(cli, ["replay", "--verify", str(p)])
     assert r.exit_code == 0, r.output
-    assert "passed 1..2 while read" in r.stdout
+    assert "passed 1..2 while read" in r.stderr
     p.write_text(text.replace("sample\n", ""))  # no window: exact at the marker
     assert runner.invoke(cli, ["replay", "--verify", str(p)]).exit_code == 1
 

@@ -194,33 +194,56 @@ def test_diff_bad_policy_file_names_file_and_key(runner, trace, fake_core, tmp_p
     p = tmp_path / "mine.yaml"
     p.write_text("alloc: baseline\nmerge: cpa-merge\n")
     r = runner.invoke(cli, ["diff", trace, "--policy", "baseline", "--policy", str(p)])
-    assert r.exit_code == 2
+    assert r.exit_code == 3  # a file the user gave that is malformed: bad input
     assert f"{p}: merge: unknown merge policy 'cpa-merge'" in " ".join(r.stderr.split())
 
 
-def test_diff_switches_to_simulated_placement_for_allocation_policies(runner, tmp_path,
-                                                                      fake_core):
+def test_diff_placement_does_not_depend_on_the_policies_listed(runner, tmp_path, fake_core):
+    """baseline vs cpa_merge on a recorded trace runs with recorded placement, whatever
+    else is listed: an allocation policy without --placement simulate is refused (it
+    used to switch every column to simulated placement, changing the others' numbers)."""
     p = tmp_path / "t.trace"
     p.write_text(WITH_ALLOC)
-    r = runner.invoke(cli, ["diff", str(p), "--policy", "baseline",
-                            "--policy", "migrate_unmapped+cpa_merge"])
+    pair = ["diff", str(p), "--policy", "baseline", "--policy", "cpa_merge"]
+    r = runner.invoke(cli, pair)
     assert r.exit_code == 0, r.output
-    assert "every policy runs with --placement simulate" in r.stderr
-    assert "placement: simulate" in r.stdout
+    assert "placement: recorded (the default for a recorded trace, for every policy)" in r.stdout
+    assert [by_handle for _, by_handle in fake_core] == [False, False]
+    fake_core.clear()
+    r = runner.invoke(cli, [*pair, "--policy", "migrate_unmapped+cpa_merge"])
+    assert r.exit_code == 2 and r.stdout == "" and fake_core == []
+    assert "needs --placement simulate" in " ".join(r.stderr.split())
+    # asked for: every policy runs with simulated placement, and the header and JSON say why
+    r = runner.invoke(cli, [*pair[:4], "--policy", "migrate_unmapped+cpa_merge",
+                            "--placement", "simulate"])
+    assert r.exit_code == 0, r.output
+    assert "placement: simulate (--placement simulate, for every policy)" in r.stdout
     assert [by_handle for _, by_handle in fake_core] == [True, True]
     assert fake_core[0][0] is None
     assert (fake_core[1][0].alloc, fake_core[1][0].merge) == ("migrate_unmapped", "cpa_merge")
-    # merge policies alone keep recorded placement; --placement simulate is honoured
-    fake_core.clear()
+    doc = json.loads(runner.invoke(cli, [*pair, "--placement", "simulate", "--format",
+                                         "json"]).stdout)
+    assert (doc["placement"], doc["placement_reason"]) == ("simulate", "--placement simulate")
+    doc = json.loads(runner.invoke(cli, [*pair, "--format", "json"]).stdout)
+    assert (doc["placement"], doc["placement_reason"]) == (
+        "recorded", "the default for a recorded trace")
+
+
+def test_diff_placement_of_a_trace_by_handle(runner, tmp_path, fake_core):
+    p = tmp_path / "h.trace"
+    p.write_text(SMALL.replace("system_running\n", "system_running\npage_alloc 1 0\n"))
+    r = runner.invoke(cli, ["diff", str(p), "--policy", "baseline", "--policy",
+                            "migrate_unmapped"])
+    assert r.exit_code == 0, r.output
+    assert "placement: simulate (the trace names allocations by handle" in r.stdout
     r = runner.invoke(cli, ["diff", str(p), "--policy", "baseline", "--policy", "cpa_merge",
-                            "--placement", "simulate"])
-    assert r.exit_code == 0 and "placement: simulate" in r.stdout and r.stderr == ""
-    assert [by_handle for _, by_handle in fake_core] == [True, True]
+                            "--placement", "recorded"])
+    assert r.exit_code == 2 and "no recorded placement" in " ".join(r.stderr.split())
 
 
 def test_diff_allocation_policy_on_a_trace_without_allocations(runner, trace, fake_core):
     r = runner.invoke(cli, ["diff", trace, "--policy", "baseline",
-                            "--policy", "migrate_unmapped+cpa_merge"])
+                            "--policy", "migrate_unmapped+cpa_merge", "--placement", "simulate"])
     assert r.exit_code == 0, r.output
     assert "no page allocations to place" in r.stderr
     assert (fake_core[1][0].alloc, fake_core[1][0].merge) == ("baseline", "cpa_merge")

@@ -119,10 +119,11 @@ def test_a_bad_key_in_an_included_file_names_that_file(tmp_path):
         build(load_scenario(top), 1, 1.0)
 
 
-def test_cli_bad_scenario_exit_2_one_line_no_traceback(tmp_path):
+def test_cli_bad_scenario_file_exit_3_unknown_name_exit_2(tmp_path):
+    # a file the user gave that is malformed is bad input (3); a wrong name is usage (2)
     path = scenario_file(tmp_path, "include: BASE\nduration: many\n")
     r = CliRunner().invoke(cli, ["gen", path, "-o", str(tmp_path / "out.trace")])
-    assert r.exit_code == 2
+    assert r.exit_code == 3
     assert "Traceback" not in r.output
     assert r.stderr.startswith(f"dmsim: {path}: duration:")
     assert not (tmp_path / "out.trace").exists()
@@ -145,7 +146,7 @@ def test_cli_stdout_and_no_overwrite(tmp_path):
     out = tmp_path / "t.trace"
     out.write_text("keep me")
     r = runner.invoke(cli, ["gen", "boot", "--scale", "0.05", "-o", str(out)])
-    assert r.exit_code == 3 and out.read_text() == "keep me"
+    assert r.exit_code == 2 and out.read_text() == "keep me"
     r = runner.invoke(cli, ["gen", "boot", "--scale", "0.05", "-o", str(out), "--force"])
     assert r.exit_code == 0 and out.read_text().startswith("dmsim-trace 1\n")
 

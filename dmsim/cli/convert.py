@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
-from .common import (
-    EXIT_BAD_INPUT,
-    die,
-    handle_errors,
-    lenient_option,
-    machine_option,
-    trace_argument,
-    write_output,
-)
+from .common import handle_errors, lenient_option, machine_option, trace_argument
 
 
 @click.command()
 @trace_argument
 @click.option("-o", "--output", default="-", show_default=True,
-              help="Output file (`-` for stdout). An existing file is not overwritten without --force.")
+              help="Output file (`-` for stdout); a name ending in .gz, .zst or .xz is "
+                   "compressed. An existing file is not overwritten without --force; a "
+                   "symlink's target is written; directories and devices are refused.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @lenient_option
 @machine_option
@@ -30,19 +21,15 @@ def convert(trace, output, force, lenient, machine_path):
     """Convert TRACE (ftrace text or native) to the native format."""
     from ..load import load_trace
     from ..trace.native import write_native
+    from .output import TextOut, resolve_output, write_output
 
+    out = resolve_output(output, force, inputs=(trace,))  # before any work
     machine = None
     if machine_path:
         from ..machine_config import load_machine
 
         machine = load_machine(machine_path)
     t = load_trace(trace, lenient=lenient, machine=machine)
-    if output == "-":
-        write_native(t, sys.stdout)
-        return
-    if os.path.exists(output) and not force:
-        die(f"{output}: exists; not overwriting it (use --force)", EXIT_BAD_INPUT)
-    if trace != "-" and os.path.exists(output) and os.path.samefile(trace, output):
-        die(f"{output}: is the input trace; not overwriting it", EXIT_BAD_INPUT)
-    write_output(output, lambda path: open(path, "w"), lambda f: write_native(t, f))
-    click.echo(f"wrote {len(t.events)} events to {output}", err=True)
+    write_output(out, lambda f: write_native(t, TextOut(f)))
+    if not out.is_stream:
+        click.echo(f"wrote {len(t.events)} events to {out.shown}", err=True)

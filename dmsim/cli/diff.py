@@ -8,18 +8,23 @@ import sys
 import click
 
 from .common import (
+    EXIT_BAD_INPUT,
     EXIT_FAIL,
+    die,
     handle_errors,
     lenient_option,
     machine_option,
     stderr_console,
     trace_argument,
+    warn,
 )
 
 
 def policy_callback(ctx, param, value):
-    """--policy SPEC: load it now, so a bad file is a usage error (exit 2) before any work."""
-    from ..policy import PolicyError, load_policy
+    """--policy SPEC: load it now, before any work. A wrong spec (an unknown name, two
+    allocation policies) is a usage error (exit 2); a policy file that is missing or
+    malformed is bad input (exit 3), as every file the user gives."""
+    from ..policy import PolicyError, PolicyFileError, load_policy
 
     if value is None:
         return None
@@ -28,6 +33,8 @@ def policy_callback(ctx, param, value):
     for spec in specs:
         try:
             out.append(load_policy(spec))
+        except PolicyFileError as e:
+            die(str(e), EXIT_BAD_INPUT)
         except PolicyError as e:
             raise click.BadParameter(str(e), ctx, param) from None
     return tuple(out) if isinstance(value, tuple) else out[0]
@@ -96,10 +103,11 @@ def breach_exit(breaches, report: bool = False) -> None:
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text",
               show_default=True, help="text: LKP-style comparison table; json.")
 @click.option("--placement", type=click.Choice(("recorded", "simulate")), default=None,
-              help="recorded: pages stay where the trace says; simulate: the simulated 6.1 "
-                   "allocator places them. Default: simulate when a policy has an allocation "
-                   "policy and the trace is recorded, else recorded. Every policy runs with "
-                   "the same placement.")
+              help="recorded: pages stay where the trace says (the default for a recorded "
+                   "trace); simulate: the simulated 6.1 allocator places them. Every policy "
+                   "runs with the same placement. A policy with an allocation policy needs "
+                   "--placement simulate on a recorded trace: it is never switched on behind "
+                   "your back, so a policy joining the list does not change the others' numbers.")
 @fail_on_option(allow_relative=True)
 @lenient_option
 @machine_option
@@ -112,7 +120,7 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
     \b
     dmsim diff TRACE --policy baseline --policy cpa_merge
     dmsim diff TRACE --policy baseline --policy migrate_unmapped+cpa_merge \\
-        --fail-on 'direct_map_level2_splits>+0'
+        --placement simulate --fail-on 'direct_map_level2_splits>+0'
     """
     names = [p.name for p in policies]
     if len(policies) < 2:
@@ -121,6 +129,8 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
     if dup is not None:
         raise click.BadParameter(f"{dup!r} given twice", param_hint="'--policy'")
     allocating = [p for p in policies if p.needs_simulated_placement]
+
+    from rich.markup import escape
 
     from ..load import load_trace
     from ..report.diff import DiffResult, diff_text
@@ -134,30 +144,18 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
         machine = load_machine(machine_path)
     err = stderr_console()
     t = load_trace(trace, lenient=lenient, machine=machine)
-    if names_allocations_by_handle(t):
-        used = "simulate"  # the trace leaves placement to the allocator already
-    else:
-        if placement == "recorded" and allocating:
-            raise click.BadParameter(
-                f"policy {allocating[0].name!r} has allocation policy {allocating[0].alloc}, "
-                "which decides where pages go: it needs --placement simulate on a recorded "
-                "trace", param_hint="'--placement'")
-        if placement is None and allocating:
-            err.print(f"dmsim: policy {allocating[0].name} has allocation policy "
-                      f"{allocating[0].alloc}: every policy runs with --placement simulate")
-            placement = "simulate"
-        used = placement or "recorded"
-        if used == "simulate":
-            from ..trace.retarget import to_simulated_placement
+    used, why = diff_placement(placement, allocating, names_allocations_by_handle(t))
+    if used == "simulate" and not names_allocations_by_handle(t):
+        from ..trace.retarget import to_simulated_placement
 
-            t = to_simulated_placement(t)
+        t = to_simulated_placement(t)
     by_handle = names_allocations_by_handle(t)
 
     show = err.is_terminal if progress is None else progress
     values: dict[str, dict[str, int]] = {}
     warnings: list[str] = []
     for i, p in enumerate(policies):
-        label = f"{p.name} ({i + 1}/{len(policies)})"
+        label = f"{escape(p.name)} ({i + 1}/{len(policies)})"
         policy = core_policy(p, by_handle, warnings.append)
         r = _simulate(simulate, t, policy, label, err if show else None)
         values[p.name] = {c: counter_value(r.counters, c) for c in REPORT_COUNTERS}
@@ -167,19 +165,41 @@ def diff(trace, policies, fmt, placement, gates, lenient, machine_path, progress
                 warnings.append(w)
         del r  # the direct map of a big machine is large: keep only the counters
     for w in warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+        warn(err, w)
 
     from ..gates import evaluate
 
     meta = dict(t.meta)
     meta["events"] = len(t.events)
     res = DiffResult(list(policies), REPORT_COUNTERS, values, meta, used, warnings,
-                     evaluate(gates, names, values), [g.text for g in gates])
+                     evaluate(gates, names, values), [g.text for g in gates], why)
     if fmt == "json":
         sys.stdout.write(json.dumps(res.to_json(), indent=2) + "\n")
     else:
         sys.stdout.write(diff_text(res))
     breach_exit(res.breaches, report=True)
+
+
+def diff_placement(placement: str | None, allocating: list, by_handle: bool) -> tuple[str, str]:
+    """(placement, why) for every policy of a diff. It depends on the trace and on
+    --placement only, never on which policies are listed: an allocation policy on a
+    recorded trace without --placement simulate is a usage error, not a switch."""
+    if by_handle:
+        if placement == "recorded":
+            raise click.BadParameter(
+                "the trace names allocations by handle (a generated trace): the simulated "
+                "allocator places them, there is no recorded placement", param_hint="'--placement'")
+        return "simulate", "the trace names allocations by handle"
+    if allocating and placement != "simulate":
+        p = allocating[0]
+        raise click.BadParameter(
+            f"policy {p.name!r} has allocation policy {p.alloc}, which decides where pages go: "
+            "on a recorded trace it needs --placement simulate, and every policy then runs "
+            "with simulated placement (give it: dmsim does not switch placement because a "
+            "policy joined the list)", param_hint="'--placement'")
+    if placement is None:
+        return "recorded", "the default for a recorded trace"
+    return placement, f"--placement {placement}"
 
 
 def _simulate(simulate, t, policy, label: str, console):

@@ -1,7 +1,9 @@
 """The `dmsim` entry point: wires subcommands, imports them only when run.
 
-Exit codes: 0 success; 1 a verification or --fail-on gate failed; 2 usage
-error (click); 3 bad input (trace, machine config); 70 internal error.
+Exit codes (README): 0 success; 1 a verification or --fail-on gate failed; 2
+usage error (a wrong flag, an -o dmsim will not write); 3 bad input (a file the
+user gave: trace, machine, policy, scenario); 4 --verify found no checkpoints;
+70 internal error; 73 an output cannot be written.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def cli():
     """dmsim: replay kernel memory traces against a simulated x86-64 direct map.
 
     \b
-    Exit codes: 0 ok, 1 verification/gate failed, 2 usage error,
-    3 bad input (names file:line), 70 internal error.
+    Exit codes: 0 ok, 1 verification/gate failed, 2 usage error (a wrong flag),
+    3 bad input (a file: names file:line), 4 --verify had no checkpoints,
+    70 internal error, 73 cannot write output.
     """

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import stdout_console
+from .common import EXIT_BAD_INPUT, die, handle_errors, stdout_console
 
 COLUMNS = ("name", "alloc", "merge", "description", "source")
 
@@ -16,6 +16,7 @@ COLUMNS = ("name", "alloc", "merge", "description", "source")
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text",
               show_default=True,
               help="text: a table (aligned plain text when stdout is not a terminal); json.")
+@handle_errors
 def policies(fmt):
     """List the policies --policy can name (dmsim/configs/policies/*.yaml).
 
@@ -26,8 +27,8 @@ def policies(fmt):
 
     try:
         found = list_policies()
-    except PolicyError as e:
-        raise click.UsageError(f"bad policy file: {e}") from None
+    except PolicyError as e:  # a file in the policy directory that is malformed
+        die(f"bad policy file: {e}", EXIT_BAD_INPUT)
     if fmt == "json":
         doc = {"directory": _shown(POLICY_DIR),
                "policies": [{**p.to_json(), "parameters_only": is_parameters(POLICY_DIR, p.name)}
@@ -40,12 +41,13 @@ def policies(fmt):
     con = stdout_console()
     if con.is_terminal:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"policies ({_shown(POLICY_DIR)}/)", title_justify="left")
         for col in COLUMNS:
             table.add_column(col, overflow="fold")
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*(Text(cell) for cell in r))  # the files' text, not markup
         con.print(table)
         return
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)

@@ -8,15 +8,16 @@ import sys
 import click
 
 from .common import (
-    EXIT_BAD_INPUT,
     EXIT_FAIL,
+    EXIT_NOT_VERIFIED,
+    EXIT_USAGE,
     die,
     handle_errors,
     lenient_option,
     machine_option,
     stderr_console,
-    stdout_console,
     trace_argument,
+    warn,
 )
 from .diff import (
     breach_exit,
@@ -36,7 +37,9 @@ FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
                    "buddyinfo, pagetypeinfo: /proc files of the simulated allocator (traces that "
                    "name allocations by handle).")
 @click.option("--verify", is_flag=True,
-              help="Compare with every kernel checkpoint in the trace; exit 1 on any mismatch.")
+              help="Compare with every kernel checkpoint in the trace: a table on stderr (the "
+                   "--format output still goes to stdout); exit 1 on any mismatch, 4 when the "
+                   "trace has no checkpoints (nothing verified).")
 @lenient_option
 @machine_option
 @click.option("--placement", type=click.Choice(("recorded", "simulate", "shadow")),
@@ -55,6 +58,8 @@ FORMATS = ("vmstat", "meminfo", "json", "buddyinfo", "pagetypeinfo")
 @handle_errors
 def replay(trace, fmt, verify, lenient, machine_path, placement, progress, policy, gates):
     """Replay TRACE (ftrace text or native; .gz/.zst/.xz; `-` for stdin)."""
+    from rich.markup import escape
+
     from ..load import load_trace
     from ..policy import BASELINE
     from ..report.proc import meminfo_text, vmstat_text
@@ -74,7 +79,7 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         if names_allocations_by_handle(t):
             die("--placement shadow scores the allocator against the kernel's pfns: it needs "
                 "a recorded trace (ftrace text), and this one names allocations by handle",
-                EXIT_BAD_INPUT)
+                EXIT_USAGE)
         if policy is not None and policy.name != "baseline":
             raise click.BadParameter("shadow placement scores the baseline (Linux 6.1) "
                                      "allocator; drop --policy", param_hint="'--policy'")
@@ -91,8 +96,11 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         raise click.BadParameter(
             f"{policy.name}: allocation policy {policy.alloc} decides where pages go; on a "
             "recorded trace it needs --placement simulate", param_hint="'--policy'")
+    if fmt in ("buddyinfo", "pagetypeinfo") and not names_allocations_by_handle(t):
+        die(f"--format {fmt} needs simulated placement: a trace that names allocations "
+            "by handle (page_alloc, vmalloc, ...), or --placement simulate", EXIT_USAGE)
     sim_policy = core_policy(policy, names_allocations_by_handle(t),
-                             lambda w: err.print(f"[yellow]warning:[/yellow] {w}"))
+                             lambda w: warn(err, w))
     if placement == "shadow":
         from ..simulate import shadow
 
@@ -117,13 +125,10 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
 
         shadow_rep = shadow_report(r)
     for w in res.warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+        warn(err, w)
 
     out = sys.stdout
     if fmt in ("buddyinfo", "pagetypeinfo"):
-        if r.buddy is None:
-            die(f"--format {fmt} needs simulated placement: a trace that names allocations "
-                "by handle (page_alloc, vmalloc, ...)", EXIT_BAD_INPUT)
         from ..report import buddy as buddy_report
 
         out.write(getattr(buddy_report, fmt)(r.buddy))
@@ -135,8 +140,6 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         if shadow_rep is not None:
             doc["shadow"] = shadow_rep
         out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    elif verify:
-        _print_verify(res)
     elif fmt == "meminfo":
         out.write(meminfo_text(r.counters, res.gbpages))
     else:
@@ -145,7 +148,7 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
 
             out.write(vmstat_lines(r.buddy))
         out.write(vmstat_text(r.counters, policy))
-    if shadow_rep is not None and fmt in ("vmstat", "meminfo") and not verify:
+    if shadow_rep is not None and fmt in ("vmstat", "meminfo"):
         from ..report.shadow import shadow_text
 
         out.write("\n" + shadow_text(shadow_rep))
@@ -159,21 +162,26 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         breaches = evaluate(gates, [name], values)
         report_breaches(breaches)
     if verify:
+        out.flush()  # the results first, then the verdict
         if not res.checks:
-            err.print("warning: the trace has no kernel checkpoints to verify against")
+            warn(err, "--verify: the trace has no kernel checkpoints: nothing was verified")
+            sys.exit(EXIT_FAIL if breaches else EXIT_NOT_VERIFIED)
+        _print_verify(res, err)
         bad = res.mismatches
         if bad:
             first = bad[0]
             err.print(f"verify: {len(bad)} of {len(res.checks)} checkpoints differ; first at "
-                      f"line {first.line} ({first.step}, {first.counter}: kernel {first.kernel}, "
-                      f"simulated {first.simulated})")
+                      f"line {first.line} ({escape(first.step)}, {first.counter}: kernel "
+                      f"{first.kernel}, simulated {first.simulated})")
             sys.exit(EXIT_FAIL)
         err.print(f"verify: all {len(res.checks)} checkpoints match")
     breach_exit(breaches)
 
 
-def _print_verify(res) -> None:
+def _print_verify(res, console) -> None:
+    """The checkpoints table (on stderr: stdout has the --format output)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="checkpoints: kernel vs dmsim", title_justify="left")
     for col, just in (("step", "left"), ("counter", "left"), ("kernel", "right"),
@@ -181,8 +189,8 @@ def _print_verify(res) -> None:
         table.add_column(col, justify=just)
     for c in res.checks:
         delta = c.simulated - c.kernel
-        table.add_row(c.step, c.counter, str(c.kernel), str(c.simulated),
+        table.add_row(Text(c.step), c.counter, str(c.kernel), str(c.simulated),
                       f"{delta:+d}" if delta else "0",
                       ("ok" if not delta else f"ok: passed {c.window[0]}..{c.window[1]} while read")
                       if c.match else "[red]MISMATCH[/red]")
-    stdout_console().print(table)
+    console.print(table)

@@ -31,7 +31,7 @@ from ..machine import Machine, MachineError
 from ..trace.errors import TraceError
 from . import background, boot, bpf, kernel_calls, modules, secretmem
 from . import rows as R
-from .scenario import SCENARIO_DIR, Scenario, ScenarioError, Section
+from .scenario import SCENARIO_DIR, ScaleError, Scenario, ScenarioError, Section
 
 T_KERNEL_RO = 0.95
 T_RUNNING = 1.0
@@ -96,7 +96,7 @@ def _machine(root: Section, sc: Scenario) -> Machine:
 def build(sc: Scenario, seed: int, scale: float, label: str | None = None) -> Generated:
     """The scenario's rows, sorted, with handles; raises ScenarioError."""
     if not scale > 0:
-        raise ScenarioError(f"--scale {scale}: must be above 0")
+        raise ScaleError(f"--scale {scale}: must be above 0")
     root = sc.root()
     root.get("description")
     machine = _machine(root, sc)
@@ -151,7 +151,7 @@ def build(sc: Scenario, seed: int, scale: float, label: str | None = None) -> Ge
     root.done()
 
     if ctx.objs.n > MAX_HANDLE:
-        raise ScenarioError(f"{sc.path}: {ctx.objs.n:,} allocations: more than the native "
+        raise ScaleError(f"{sc.path}: {ctx.objs.n:,} allocations: more than the native "
                             f"format's handles (< 2^31); lower --scale")
     t_, op, obj, b, c = rows.columns()
     order = time_order(t_)

@@ -22,6 +22,14 @@ class ScenarioError(ValueError):
     """A scenario file that cannot describe a workload: names the file and the key."""
 
 
+class UnknownScenario(ScenarioError):
+    """A scenario name that names no file in dmsim/configs/scenarios/ (a usage error)."""
+
+
+class ScaleError(ScenarioError):
+    """A --scale the scenario cannot be generated at (a usage error)."""
+
+
 def resolve(name: str) -> str:
     """A scenario name (`boot`) is dmsim/configs/scenarios/<name>.yaml; anything else is a path."""
     if os.sep not in name and not name.endswith((".yaml", ".yml")):
@@ -29,7 +37,7 @@ def resolve(name: str) -> str:
         if not os.path.exists(path):
             known = sorted(f[:-5] for f in os.listdir(SCENARIO_DIR)
                            if f.endswith(".yaml") and not f.startswith("_"))
-            raise ScenarioError(f"{name}: no such scenario (known: {', '.join(known)}; "
+            raise UnknownScenario(f"{name}: no such scenario (known: {', '.join(known)}; "
                                 "or give a path to a YAML file)")
         return path
     return name

@@ -30,6 +30,7 @@ class DiffResult:
     warnings: list[str] = field(default_factory=list)
     breaches: list[Breach] = field(default_factory=list)
     gates: list[str] = field(default_factory=list)
+    placement_reason: str = ""  # why this placement: the option, the default, the trace
 
     @property
     def names(self) -> list[str]:
@@ -60,6 +61,7 @@ class DiffResult:
             "trace": {"path": m.get("path"), "sha256": m.get("sha256"),
                       "format": m.get("format"), "events": m.get("events")},
             "placement": self.placement,
+            "placement_reason": self.placement_reason,
             "policies": [p.to_json() for p in self.policies],
             "reference": self.reference,
             "counters": {c: {n: self.values[n][c] for n in names} for c in self.counter_names},
@@ -114,7 +116,8 @@ def diff_text(d: DiffResult) -> str:
     m = d.meta
     out = [f"trace: {m.get('path')}",
            f"sha256: {m.get('sha256')}",
-           f"placement: {d.placement}",
+           f"placement: {d.placement}"
+           + (f" ({d.placement_reason}, for every policy)" if d.placement_reason else ""),
            "policies:"]
     w = max(len(n) for n in d.names)
     for p in d.policies:

@@ -357,6 +357,9 @@ def _translate(machine: Machine, kind, fields, markers, checkpoints, kallsyms,
     t = Trace(machine=machine, events=ev, checkpoints=checkpoints, lines=lines)
     t.meta["cpa_vmalloc"] = int(vm.sum())
     t.meta["cpa_outside_ram"] = int(outside.sum())
+    if outside.any():  # the first one's (line, pfn): load.py's machine check names it
+        i = int(np.argmax(outside))
+        t.meta["cpa_outside_first"] = (int(cpa_li[i]) + 1, int(off_direct[i] >> u(PAGE_SHIFT)))
     t.meta["cpa_array_calls"] = int((array & keep).sum())
     t.meta["batched_frees"] = int(batched.sum())
     t.meta["pcp_setup_event"] = pcp_setup  # first page event after setup_per_cpu_pageset()
