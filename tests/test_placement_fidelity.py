@@ -238,3 +238,28 @@ def test_the_boot_pageset_ends_where_the_trace_clock_has_microseconds():
                    alloc(0x60000, task="kthreadd-2"))
     idx = t.meta["pcp_setup_event"]
     assert t.events.arg0[idx] == 0x52F2
+
+
+def test_a_free_no_event_allocated_is_rebuilt_right_after_the_pages_were_last_free():
+    # 0x50000 is allocated, freed, then freed again with no mm_page_alloc between:
+    # alloc_pages_bulk() (vmalloc) took it. It becomes an unmovable allocation right
+    # after the first free (the earliest the trace allows), freed by the second; shadow
+    # placement follows it to the kernel's pfn without scoring it
+    from dmsim.trace.events import EV_H_FREE, H_REBUILT
+
+    t = trace(alloc(0x50000), free(0x50000), alloc(0x60000), free(0x50000), RUNNING)
+    s = to_simulated_placement(t)
+    assert s.meta["rebuilt_allocations"] == 1 and s.meta["untraced_frees"] == 0
+    kinds = s.events.kind.tolist()
+    allocs = [i for i, k in enumerate(kinds) if k == EV_H_ALLOC]
+    frees = [i for i, k in enumerate(kinds) if k == EV_H_FREE]
+    rebuilt = [i for i in allocs if s.events.flags[i] & H_REBUILT]
+    assert len(rebuilt) == 1 and frees[0] < rebuilt[0] < allocs[-1]  # before 0x60000's
+    assert s.events.mask_set[rebuilt[0]] == 0x50000
+    rep = shadow_report(shadow(s))
+    assert rep["decisions"] == 2  # the two traced allocations only
+    # a page inside a live traced block (split_page(), then frees of its pages) is
+    # not a new allocation: dropped and counted
+    t = trace(alloc(0x50000, order=1), free(0x50001), RUNNING)
+    s = to_simulated_placement(t)
+    assert s.meta["rebuilt_allocations"] == 0 and s.meta["untraced_frees"] == 1

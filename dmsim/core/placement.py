@@ -48,7 +48,7 @@ from .buddy import alloc_pages as _alloc_pages
 from .buddy import free_pages as _free_pages
 from .cpa import NX, ZERO, cpa_apply, set_direct_map_pmd
 from .pretrace import pretrace_fill, setup_per_cpu_pageset
-from .shadow import shadow_decide
+from .shadow import shadow_decide, shadow_follow
 from .zones import ZONE_NORMAL
 
 # mirrored from dmsim/trace/events.py (tests/test_events.py pins them)
@@ -76,6 +76,7 @@ VFREE_RESET_PERMS = 1
 UNMAPPED_SHIFT = 12
 H_RECORDED = 1 << 16
 H_PT_PAGE = 1 << 17
+H_REBUILT = 1 << 18
 
 # allocation policies (dmsim/policy.py ALLOC_POLICIES)
 ALLOC_BASELINE = 0
@@ -526,6 +527,8 @@ def _place_events(kind, arg0, arg1, mask_set, mask_clr, flags, start, stop, dm, 
             if shadow and f & H_RECORDED:
                 pfn = shadow_decide(i, pfn, np.int64(mask_set[i]), (f >> 8) & 0xF, order,
                                     f & 0xFF, 0, buddy, sh)
+            elif shadow and f & H_REBUILT:  # alloc_pages_bulk()'s: followed, not scored
+                pfn = shadow_follow(pfn, np.int64(mask_set[i]), order, f & 0xFF, buddy)
             if pfn >= 0:
                 h_kind[h] = H_PAGES
                 h_base[h] = pfn

@@ -380,3 +380,19 @@ def shadow_decide(i, pred, rec, zone, order, mt, vmalloc, buddy, sh):
         d_info[n] = info | (out << 12)
         d_n[0] = n + 1
     return got
+
+
+@njit(cache=True)
+def shadow_follow(pred, rec, order, mt, buddy):
+    """An allocation the trace does not show but whose pfn it knows (a rebuilt
+    alloc_pages_bulk() page): the model gives back its guess and takes the kernel's
+    block, unscored. Returns the pfn the allocation now has."""
+    if pred == rec:
+        return pred
+    if pred >= 0:
+        unalloc(buddy, pred, order, mt, guess_source(buddy, order))
+    if take(buddy, rec, order, mt) == 0:
+        return rec
+    if pred >= 0 and take(buddy, pred, order, mt) == 0:
+        return pred
+    return -1

@@ -96,8 +96,8 @@ def build_result(r: Replayed) -> Result:
         warnings.append(f"the ftrace ring buffer overflowed ({a} of {b} entries kept): "
                         "the oldest events are lost and the replay cannot be exact")
     if t.meta.get("untraced_frees"):
-        warnings.append(f"simulated placement: {t.meta['untraced_frees']} frees of blocks whose "
-                        "allocation no event shows (vmalloc's bulk allocations) were dropped")
+        warnings.append(f"simulated placement: {t.meta['untraced_frees']} frees of pages inside "
+                        "a live traced block (split_page()) were dropped")
     if t.meta.get("cpa_array_calls"):
         warnings.append(f"{t.meta['cpa_array_calls']} CPA_ARRAY/CPA_PAGES_ARRAY calls: the trace "
                         "names only their first page, so only that page is replayed")

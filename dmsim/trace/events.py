@@ -57,6 +57,9 @@ UNMAPPED_SHIFT = 12
 # EV_H_ALLOC flags of a recorded trace under --placement simulate (trace/retarget.py)
 H_RECORDED = 1 << 16  # mask_set holds the pfn the kernel gave this allocation
 H_PT_PAGE = 1 << 17  # split_large_page()'s page-table page: the core allocates its own
+# an allocation the trace does not show (alloc_pages_bulk()), rebuilt before its free;
+# mask_set holds the kernel's pfn (shadow placement follows it without scoring it)
+H_REBUILT = 1 << 18
 UNMAPPED_NONE = 0
 UNMAPPED_SECRETMEM = 1  # memfd_secret pages
 UNMAPPED_MODULE = 2  # module_alloc()

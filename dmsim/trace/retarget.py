@@ -55,6 +55,7 @@ from .events import (
     FILL_BOOT_PAGESET,
     FREE_DEFERRED_INIT,
     H_PT_PAGE,
+    H_REBUILT,
     H_RECORDED,
     UNMAPPED_BPF,
     UNMAPPED_MODULE,
@@ -82,26 +83,42 @@ def to_simulated_placement(trace: Trace) -> Trace:
             pages = areas[a][0]
             area_from[pages] = np.minimum(area_from[pages], at)
 
-    # pass 1: blocks the trace frees without having allocated them. The first
-    # such free of pages nothing traced has touched yet was allocated before the
-    # trace: claim it in place from the start. A later one is a reuse the trace
-    # cannot show (vmalloc takes its order-0 pages from alloc_pages_bulk(), which
-    # has no mm_page_alloc event): it is dropped and counted.
+    # pass 1: blocks the trace frees without having allocated them, each allocated
+    # at the earliest point the trace allows. The first such free of pages nothing
+    # traced has touched yet was allocated before the trace: claim it in place from
+    # the start. A later one was allocated where the trace cannot show it
+    # (__vmalloc_area_node() -> alloc_pages_bulk(), which has no mm_page_alloc
+    # event): it is rebuilt as an unmovable order-N allocation right after the last
+    # event that touched its pages (the kernel's bulk refill took them off a free
+    # list after that). A page inside a live traced block (split_page() and its
+    # frees) is dropped and counted.
     live = {}  # head pfn -> order
+    covered = np.zeros(nr_pfns, bool)  # inside a live traced block
     touched = np.zeros(nr_pfns, bool)
+    last = np.full(nr_pfns, -1, np.int64)  # the last page event touching each pfn
     pre: list[tuple[int, int, int]] = []
+    rebuilt: dict[int, list[tuple[int, int]]] = {}  # event index -> blocks allocated before it
     for i, (k, pfn, order) in enumerate(zip(kind, a0, a1, strict=True)):
+        end = pfn + (1 << order)
         if k == EV_ALLOC:
             live[pfn] = order
-            touched[pfn:pfn + (1 << order)] = True
+            touched[pfn:end] = True
+            covered[pfn:end] = True
+            last[pfn:end] = i
         elif k == EV_FREE:
             if live.get(pfn) == order:
                 del live[pfn]
-            elif (area_from[pfn:pfn + (1 << order)] <= i).any():
+                covered[pfn:end] = False
+                last[pfn:end] = i
+            elif (area_from[pfn:end] <= i).any():
                 continue  # a vmalloc area's page: freed by its EV_H_VFREE
-            elif not touched[pfn:pfn + (1 << order)].any():
+            elif not touched[pfn:end].any():
                 pre.append((pfn, order, i))
-                touched[pfn:pfn + (1 << order)] = True
+                touched[pfn:end] = True
+                last[pfn:end] = i
+            elif not covered[pfn:end].any():
+                rebuilt.setdefault(int(last[pfn:end].max()) + 1, []).append((pfn, order))
+                last[pfn:end] = i
 
     pt_page = table_pages(trace)
     b = EventBuilder(len(ev) + len(pre) + 16)
@@ -140,6 +157,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
         else:  # the boot pageset stays on until then
             fill = fill[:4] + (fill[4] | FILL_BOOT_PAGESET,)
     dropped = 0
+    nr_rebuilt = 0
     alloc_row = {}  # handle -> its EV_H_ALLOC row in b (flags get the user group)
     secretmem = set()
     changed = set()  # traced allocations a protection change has hit
@@ -159,6 +177,13 @@ def to_simulated_placement(trace: Trace) -> Trace:
             b.append(EV_H_PCP_SETUP)
         if i == wmark_init:  # page_alloc_init_late() is done: the initcalls follow
             b.append(EV_H_WMARK_INIT)
+        for pfn, order in rebuilt.get(i, ()):  # alloc_pages_bulk()'s, no event
+            h = h_next
+            h_next += 1
+            b.append(EV_H_ALLOC, h, order, pfn, 0, ZONE_NORMAL_FLAGS | H_REBUILT)  # GFP_KERNEL
+            owner[pfn:pfn + (1 << order)] = h
+            base[h] = pfn
+            nr_rebuilt += 1
         for a in first_event.get(i, ()):  # module_alloc() just before its first alias call
             h = h_next
             h_next += 1
@@ -227,6 +252,7 @@ def to_simulated_placement(trace: Trace) -> Trace:
                 lines=lines, vmalloc_pfns=pool.astype(np.int64))
     out.meta.update({"placement": "simulate", "handles": h_next, "vmalloc_pages": vmalloc_pages,
                      "preexisting_blocks": len(pre_handle), "untraced_frees": dropped,
+                     "rebuilt_allocations": nr_rebuilt,
                      "vmalloc_areas": len(areas), "secretmem_allocations": len(secretmem),
                      "page_table_pages": int(pt_page.sum()),
                      "one_page_vmalloc_areas": len(one_page_areas)})
