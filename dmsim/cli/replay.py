@@ -162,6 +162,9 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         if not res.checks:
             err.print("warning: the trace has no kernel checkpoints to verify against")
         bad = res.mismatches
+        if res.incomplete:
+            err.print(f"verify: failed: {res.incomplete[0]}", markup=False)
+            sys.exit(EXIT_FAIL)
         if bad:
             first = bad[0]
             err.print(f"verify: {len(bad)} of {len(res.checks)} checkpoints differ; first at "
