@@ -32,11 +32,12 @@ bench: $(STAMP)
 
 # The property tests (core against the reference models) with many random examples:
 # a search for disagreements, not part of CI (whose examples are fixed). Minutes.
+# With them, the readers' fuzz test (mutated real and native traces: no exit 70).
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
 		tests/test_reference_policies.py tests/test_reference_cpa.py tests/test_buddy_reference.py \
-		tests/test_layout.py tests/test_shadow.py
+		tests/test_layout.py tests/test_shadow.py tests/test_fuzz_readers.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dmsim tests bench
