@@ -34,6 +34,7 @@ from .events import (
     EventArrays,
     EventBuilder,
     Trace,
+    join_columns,
 )
 from .ftrace_scan import (
     ROW_BAD_ORDER,
@@ -404,12 +405,8 @@ class _Reader:
                                        [c[row:] for c in pieces[pi]]] if pi < len(pieces)
                                       else [ro]), *pieces[pi + 1:]]
         ro_row = self._row(at) if at is not None else None
-        cols = []
-        for ci, p in enumerate(pre.columns() + (np.zeros(len(pre), np.int64),)):
-            cols.append(np.concatenate([p] + [piece[ci] for piece in pieces]).astype(p.dtype, copy=False))
-            for piece in self.pieces:  # free the chunk's column as soon as it is copied
-                piece[ci] = None
-        self.pieces = []
+        self.pieces = []  # (pieces holds every chunk's columns, or views of them)
+        cols = join_columns(pieces, pre.columns() + (np.zeros(len(pre), np.int64),))
         lines = cols.pop()
         # setup_per_cpu_pageset() runs in start_kernel() before rest_init() starts the
         # first other task: the boot pageset ends before that task's first page event

@@ -61,6 +61,7 @@ from .events import (
     EventArrays,
     EventBuilder,
     Trace,
+    join_columns,
 )
 from .source import line_chunks, scanned
 
@@ -676,12 +677,7 @@ class _Reader:
             m, self.source = self.header.finish(0, self.given)
             self.events = _Events(m)
         events, fast = self.events, self.fast
-        cols = []
-        for ci, (_, dt) in enumerate(COLUMNS):
-            cols.append(np.concatenate([np.zeros(0, dt)] + [p[ci] for p in self.pieces])
-                        .astype(dt, copy=False))
-            for p in self.pieces:  # free each chunk's column once it is copied
-                p[ci] = None
+        cols = join_columns(self.pieces, [np.zeros(0, dt) for _, dt in COLUMNS])
         self.pieces = []
         trace = Trace(machine=events.machine, events=EventArrays(*cols),
                       checkpoints=events.checkpoints)
