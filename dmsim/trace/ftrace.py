@@ -45,6 +45,7 @@ from .ftrace_scan import (
     scan,
     translate_chunk,
 )
+from .native import MAX_ORDER
 from .preboot import early_symbols, start_kernel_calls
 from .source import line_chunks, scanned
 
@@ -81,7 +82,6 @@ def _e820_type(name: str) -> int:
     return E820_TYPES.get(key, 2)
 
 
-MAX_ORDER = 10  # highest buddy order in 6.1 (MAX_ORDER - 1 there: a block of 1024 pages)
 LOST_RE = re.compile(r"^CPU:\s*\d+\s*\[LOST\s+(\d+)\s+EVENTS\]")
 MAX_LINE = 4096  # longer lines are not trace lines (real ones are under 300 bytes)
 

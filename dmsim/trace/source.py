@@ -103,17 +103,19 @@ class TraceStream:
                 if out:
                     yield out
                 if dec.eof:
-                    if pending.strip(b"\x00"):
-                        dec = member(self.path)  # the next member
-                    else:
-                        # xz stream padding, or zero bytes after a gzip member
-                        pending = b""
-                        if next(raw, b"").strip(b"\x00"):
-                            raise self._corrupt("data after the end of the compressed stream")
+                    # the next member, after zero bytes (xz stream padding, a padded gzip)
+                    pending = pending.lstrip(b"\x00")
+                    while not pending:
+                        pending = next(raw, b"")
+                        if not pending:
+                            break
+                        pending = pending.lstrip(b"\x00")
+                    if not pending:
                         dec = None
                         break
+                    dec = member(self.path)
             if dec is not None and not dec.eof:
-                raise self._corrupt(f"a {member.WHAT} is cut off (truncated file)")
+                raise self._corrupt(f"{member.WHAT} is cut off (truncated file)")
         except TraceError:
             raise
         except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as e:
@@ -128,7 +130,7 @@ class TraceStream:
 class _GzipMember:
     """One gzip member; output at most OUT_CHUNK bytes per feed (a zip bomb stays bounded)."""
 
-    WHAT = "gzip member"
+    WHAT = "a gzip member"
 
     def __init__(self, path: str):
         self.d = zlib.decompressobj(wbits=31)
@@ -148,7 +150,7 @@ class _GzipMember:
 
 
 class _XzStream:
-    WHAT = "xz stream"
+    WHAT = "an xz stream"
     def __init__(self, path: str):
         self.d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
 
@@ -175,7 +177,7 @@ class _XzStream:
 
 
 class _ZstdFrame:
-    WHAT = "zstd frame"
+    WHAT = "a zstd frame"
     SLICE = 1 << 16  # input fed at a time: zstd's output per input byte is large at most
 
     def __init__(self, path: str):
