@@ -228,3 +228,21 @@ def test_other_tracepoints_are_counted_in_a_warning(runner, tmp_path):
     r = replay(runner, p, "--format", "json")
     assert r.exit_code == 0, r.output
     assert "3 events of other tracepoints skipped: sched_switch 3" in json.loads(r.stdout)["warnings"]
+
+
+@pytest.mark.parametrize("fmt", ["gz", "xz", "zst"])
+def test_a_member_ending_on_a_read_boundary_is_followed_by_the_next(tmp_path, monkeypatch, fmt):
+    """Two members / streams / frames, the first exactly one read long, zero padding
+    after the second: the whole text, and a digest of every byte."""
+    import hashlib
+
+    pack = {"gz": gzip.compress, "xz": lzma.compress,
+            "zst": zstandard.ZstdCompressor().compress}[fmt]
+    text = ftrace_text(EVENTS * 40).encode()
+    first = pack(text[:2000])
+    raw = first + pack(text[2000:]) + b"\0" * 16
+    monkeypatch.setattr(source, "RAW_CHUNK", len(first))
+    p = tmp_path / f"t.{fmt}"
+    p.write_bytes(raw)
+    data, digest = source.read_data(str(p))
+    assert data == text and digest == hashlib.sha256(raw).hexdigest()
