@@ -24,6 +24,7 @@ from ..core.constants import (
     START_KERNEL_MAP,
 )
 from .events import CPAF_COLLAPSE, CPAF_PRIMARY, EV_ALLOC, EV_CPA, EV_FREE, EV_VCPA
+from .scan_util import count_lines, find
 
 SCAN_ALLOC = 2  # kmem:mm_page_alloc
 SCAN_FREE = 3  # kmem:mm_page_free, kmem:mm_page_free_batched
@@ -91,21 +92,6 @@ def _match(buf, pos, end, table, row):
         if buf[pos + k] != table[row, 1 + k]:
             return False
     return True
-
-
-@njit(cache=True)
-def _find(buf, start, end, lit):
-    """The first position of the bytes lit in buf[start:end], or -1."""
-    n = lit.shape[0]
-    for p in range(start, end - n + 1):
-        hit = True
-        for k in range(n):
-            if buf[p + k] != lit[k]:
-                hit = False
-                break
-        if hit:
-            return p
-    return -1
 
 
 @njit(cache=True)
@@ -212,21 +198,21 @@ def _gfp_zone(buf, p, end):
             return np.uint64(1)
         return np.uint64(2)
     zone = 2
-    q = _find(buf, p, end, GFP_DMA)
+    q = find(buf, p, end, GFP_DMA)
     while q >= 0:
         nxt = q + GFP_DMA.shape[0]
         if nxt + 2 <= end and buf[nxt] == 51 and buf[nxt + 1] == 50:
             zone = min(zone, 1)  # GFP_DMA32 / __GFP_DMA32
         elif nxt == end or buf[nxt] == 124:  # GFP_DMA / __GFP_DMA, then | or the end
             zone = 0
-        q = _find(buf, q + 1, end, GFP_DMA)
+        q = find(buf, q + 1, end, GFP_DMA)
     return np.uint64(zone)
 
 
 @njit(cache=True)
 def _gfp_field(buf, s, e):
     """gfp_zone() of a gfp_flags= field anywhere in [s, e) (Normal without one)."""
-    p = _find(buf, s, e, GFP_FLAGS)
+    p = find(buf, s, e, GFP_FLAGS)
     if p < 0:
         return np.uint64(2)
     p += GFP_FLAGS.shape[0]
@@ -349,10 +335,7 @@ def scan_chunk(buf, name_table, name_kinds, kmem_keys, kmem_req, cpa_keys, cpa_r
     k other non-blank lines as (line index, start offset); a line ends at the next
     newline or the end of buf."""
     n = buf.shape[0]
-    cap = 1  # lines: a vectorised count, a small part of the time
-    for i in range(n):
-        if buf[i] == 10:
-            cap += 1
+    cap = count_lines(buf)  # (a vectorised loop: a small part of the time)
     kind = np.empty(cap, np.int8)
     line = np.empty(cap, np.int64)
     fields = np.zeros((cap, 8), np.uint64)

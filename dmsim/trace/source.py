@@ -215,7 +215,8 @@ def line_chunks(chunks, path: str) -> Iterator[bytes]:
                 raise TraceError(path, nlines + 1, f"a line longer than {MAX_LINE >> 20} MiB: "
                                  "not a text trace", carry[:100].decode("utf-8", "replace"))
             continue
-        piece = carry + c[:nl + 1] if carry else c[:nl + 1]
+        # one copy (a slice of bytes is a copy, and so is a concatenation)
+        piece = b"".join((carry, memoryview(c)[:nl + 1])) if nl + 1 < len(c) or carry else c
         nlines += piece.count(b"\n")
         yield piece
         carry = c[nl + 1:]
