@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_TRACE := traces/real/vm4g-modules-bpf-secretmem.trace.gz
 
-.PHONY: venv demo test bench lint clean record-real traces-readme fuzz
+.PHONY: venv demo test bench bench-scale lint clean record-real traces-readme fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,17 +26,32 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+# bench/limit/: the C yardstick the ftrace ingest figure is printed beside (skipped,
+# with a note, without a C compiler).
+CC ?= cc
+build/ftrace_scan: bench/limit/ftrace_scan.c
+	@mkdir -p build
+	@if command -v $(CC) >/dev/null 2>&1; then $(CC) -O2 -o $@ $<; \
+	else echo "note: no C compiler ($(CC)): bench/limit/ is skipped, no C figures"; fi
+
+bench: $(STAMP) build/ftrace_scan
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.gen
+	$(BIN)/python -m bench.ingest
+
+# The peak memory of a 100 M-event replay (about 14 GB of ftrace text through a pipe,
+# and the native text of the same events): minutes, so not part of make bench.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.ingest --no-ingest --rss 100000000
 
 # The property tests (core against the reference models) with many random examples:
 # a search for disagreements, not part of CI (whose examples are fixed). Minutes.
+# With them, the readers' fuzz test (mutated real and native traces: no exit 70).
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
 		tests/test_reference_policies.py tests/test_reference_cpa.py tests/test_buddy_reference.py \
-		tests/test_layout.py tests/test_shadow.py
+		tests/test_layout.py tests/test_shadow.py tests/test_fuzz_readers.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dmsim tests bench

@@ -7,26 +7,24 @@ import numpy as np
 from .machine import Machine
 from .trace.errors import TraceError
 from .trace.events import EV_ALLOC, EV_CPA, EV_FREE, Trace
-from .trace.source import read_data
+from .trace.source import open_trace
 
 
 def load_trace(path: str, lenient: bool = False, machine: Machine | None = None) -> Trace:
-    """Parse a native or ftrace trace (plain, .gz, .zst, .xz; `-` is stdin)."""
+    """Parse a native or ftrace trace (plain, .gz, .zst, .xz; `-` is stdin), as a stream."""
     from .trace import ftrace, native
 
-    data, digest = read_data(path)
-    head = data[:65536].decode("utf-8", errors="replace")
+    head, chunks, stream = open_trace(path)
     if native.looks_like_native(head):
-        trace = native.parse_native(data, path,
-                                    lenient=lenient, machine=machine)
+        trace = native.read_native(chunks, path, lenient=lenient, machine=machine)
     elif ftrace.looks_like_ftrace(head):
-        trace = ftrace.parse_ftrace(data, path, lenient=lenient, machine=machine)
+        trace = ftrace.read_ftrace(chunks, path, lenient=lenient, machine=machine)
     else:
         first = next((ln for ln in head.split("\n") if ln.strip()), "")
         raise TraceError(path, 1, "neither a dmsim native trace nor ftrace text", first)
-    check_machine_covers(trace, path, lambda line: _line_text(data, line))
+    check_machine_covers(trace, path)  # (the readers check their pfns; a backstop)
     trace.meta["path"] = path
-    trace.meta["sha256"] = digest
+    trace.meta["sha256"] = stream.digest
     return trace
 
 
@@ -80,13 +78,3 @@ def _ranges_text(ram: list[tuple[int, int]]) -> str:
     parts = [f"pfn {s:#x}-{e:#x}" for s, e in ram[:4]]
     return ", ".join(parts) + (f" and {len(ram) - 4} more" if len(ram) > 4 else "")
 
-
-def _line_text(data: bytes, line: int) -> str:
-    """Line `line` (1-based) of the trace text."""
-    pos = 0
-    for _ in range(line - 1):
-        pos = data.find(b"\n", pos) + 1
-        if pos == 0:
-            return ""
-    end = data.find(b"\n", pos)
-    return data[pos:end if end >= 0 else len(data)].decode("utf-8", "replace")

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -191,8 +192,10 @@ def test_a_machine_that_does_not_cover_the_trace_is_bad_input(runner, placement)
     assert r.exit_code == 3, r.output
     assert r.stdout == "" and "Traceback" not in r.output
     line = r.stderr.splitlines()[0]
-    assert line.startswith(f"dmsim: {REAL8}:24: pfn 0x1042f0 (order 0) is not in the machine's "
-                           "RAM (qemu-2g: RAM pfn 0x1-0x9f, pfn 0x100-0x7ffdd)")
+    # the ftrace reader checks each block against the machine's RAM as it reads
+    # (load.check_machine_covers() is the backstop for every reader)
+    assert line.startswith(f"dmsim: {REAL8}:24: mm_page_alloc: pages [0x1042f0, 0x1042f1) are "
+                           "not RAM")
     assert "mm_page_alloc: page=000000006a552630 pfn=0x1042f0 order=0" in line
 
 
@@ -294,3 +297,20 @@ def test_verify_without_checkpoints_verifies_nothing_and_says_so(runner, tmp_pat
     assert "match" not in r.stderr
     # without --verify, no checkpoints is fine
     assert runner.invoke(cli, ["replay", str(p)]).exit_code == 0
+
+
+def test_the_load_backstop_names_the_event_past_ram():
+    # load.check_machine_covers(): whatever reader made the trace, an event on a pfn
+    # the machine does not hold is bad input naming its line
+    from dmsim.load import check_machine_covers
+    from dmsim.machine import Machine
+    from dmsim.trace.errors import TraceError
+    from dmsim.trace.events import EV_ALLOC, EventBuilder, Trace
+
+    b = EventBuilder()
+    b.append(EV_ALLOC, 0x90000, 0)
+    m = Machine(e820=[(0x1000, 0x9FC00, 1), (0x100000, 0x80000000, 1)], name="m")
+    t = Trace(machine=m, events=b.finish(), lines=np.array([7]))
+    with pytest.raises(TraceError) as e:
+        check_machine_covers(t, "x.trace")
+    assert e.value.line == 7 and "pfn 0x90000" in str(e.value)

@@ -86,10 +86,20 @@ def test_malformed_cpa_names_its_line():
     assert e.value.line == 8 and "malformed cpa event" in str(e.value)
 
 
-def test_unknown_event_and_lenient():
+def test_other_tracepoints_are_skipped_and_counted_by_name():
     odd = "   init-1  [000] .....  3.6: sched_switch: prev_comm=init"
-    with pytest.raises(TraceError, match="unknown trace event 'sched_switch'"):
+    wake = "   init-1  [000] .....  3.7: sched_wakeup: comm=init"
+    t = parse([odd, wake, odd] + SHAPES["trace-6.1"])
+    assert t.meta["other_tracepoints"] == {"sched_switch": 2, "sched_wakeup": 1}
+    assert t.meta["skipped_lines"] == 0
+    assert np.count_nonzero(t.events.kind == EV_ALLOC) == 1
+
+
+def test_a_line_that_is_no_trace_line_is_bad_input_and_lenient_skips_it():
+    odd = "this is not a trace line"
+    with pytest.raises(TraceError, match="not a trace event") as e:
         parse([odd])
+    assert e.value.line == 7
     t = parse([odd] + SHAPES["trace-6.1"], lenient=True)
     assert t.meta["skipped_lines"] == 1
     assert np.count_nonzero(t.events.kind == EV_ALLOC) == 1

@@ -163,10 +163,14 @@ def replay(trace, fmt, verify, lenient, machine_path, placement, progress, polic
         report_breaches(breaches)
     if verify:
         out.flush()  # the results first, then the verdict
+        if res.checks:
+            _print_verify(res, err)
+        if res.incomplete:  # lost events fail a verify whether or not it has checkpoints
+            err.print(f"verify: failed: {res.incomplete[0]}", markup=False)
+            sys.exit(EXIT_FAIL)
         if not res.checks:
             warn(err, "--verify: the trace has no kernel checkpoints: nothing was verified")
             sys.exit(EXIT_FAIL if breaches else EXIT_NOT_VERIFIED)
-        _print_verify(res, err)
         bad = res.mismatches
         if bad:
             first = bad[0]

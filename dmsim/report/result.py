@@ -52,6 +52,12 @@ class Result:
     def mismatches(self) -> list[CheckRow]:
         return [c for c in self.checks if not c.match]
 
+    @property
+    def incomplete(self) -> list[str]:
+        """Why the trace cannot be the whole recording (events lost or cut off): a
+        replay of it proves nothing, so --verify fails."""
+        return trace_incomplete(self.meta)
+
     def to_json(self) -> dict:
         m = self.meta
         return {
@@ -65,9 +71,23 @@ class Result:
                              "simulated": c.simulated, "match": c.match,
                              **({"window": list(c.window)} if c.window else {})}
                             for c in self.checks],
-            "verify": {"checked": len(self.checks), "mismatches": len(self.mismatches)},
+            "verify": {"checked": len(self.checks), "mismatches": len(self.mismatches),
+                       "incomplete": self.incomplete},
             "warnings": self.warnings,
         }
+
+
+def trace_incomplete(meta: dict) -> list[str]:
+    """The reader's evidence that events are missing from the trace."""
+    out = []
+    if meta.get("lost_events"):
+        out.append(f"the trace says {meta['lost_events']} events were lost "
+                   "(CPU:N [LOST M EVENTS] lines): the replay cannot be exact")
+    if meta.get("missing_entries"):
+        kept = meta["entries"][0]
+        out.append(f"the trace holds {kept - meta['missing_entries']} of the {kept} entries its "
+                   "header counts (entries-in-buffer): it is cut short, the replay cannot be exact")
+    return out
 
 
 def build_result(r: Replayed) -> Result:
@@ -101,6 +121,11 @@ def build_result(r: Replayed) -> Result:
     if t.meta.get("cpa_array_calls"):
         warnings.append(f"{t.meta['cpa_array_calls']} CPA_ARRAY/CPA_PAGES_ARRAY calls: the trace "
                         "names only their first page, so only that page is replayed")
+    warnings += trace_incomplete(t.meta)
+    if t.meta.get("other_tracepoints"):
+        other = t.meta["other_tracepoints"]
+        warnings.append(f"{sum(other.values())} events of other tracepoints skipped: "
+                        + ", ".join(f"{name} {n}" for name, n in other.items()))
     if t.meta.get("skipped_lines"):
         warnings.append(f"{t.meta['skipped_lines']} bad lines skipped (--lenient); "
                         f"first: {t.meta.get('first_skipped')}")

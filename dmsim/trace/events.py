@@ -121,6 +121,39 @@ class EventBuilder:
         return EventArrays(*(c[: self.n].copy() for c in self._cols))
 
 
+def join_columns(pieces: list[list], heads) -> list[np.ndarray]:
+    """The readers' per-chunk columns joined: column i is heads[i] then every
+    piece's column i. Each piece's column is dropped once copied and the memory
+    freed is given back to the OS, so the peak is the pieces plus one joined column,
+    not the pieces plus every joined column (about 90 bytes an event for 45)."""
+    out = []
+    for ci, head in enumerate(heads):
+        out.append(np.concatenate([head] + [p[ci] for p in pieces]).astype(head.dtype, copy=False))
+        for p in pieces:
+            p[ci] = None
+        release_freed_memory()
+    return out
+
+
+_malloc_trim = None
+
+
+def release_freed_memory() -> None:
+    """glibc's malloc_trim(0): freed heap memory back to the OS (the chunks' small
+    arrays come from the heaps of several threads, which free() alone keeps). A no-op
+    where there is no glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
 SAMPLE = "sample"  # the counter name of a window-opening checkpoint
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from bisect import bisect_right
+from collections.abc import Iterable
 from typing import TextIO
 
 import numpy as np
@@ -34,6 +35,7 @@ from ..machine import E820_TYPES, KernelImage, Machine, MachineError
 from . import native_scan as _ns
 from .errors import LineErrors, TraceError
 from .events import (
+    COLUMNS,
     CPAF_COLLAPSE,
     CPAF_FORCE_SPLIT,
     CPAF_PRIMARY,
@@ -60,7 +62,9 @@ from .events import (
     EventArrays,
     EventBuilder,
     Trace,
+    join_columns,
 )
+from .source import line_chunks, scanned
 
 MAGIC = "dmsim-trace"
 VERSION = 1
@@ -277,6 +281,8 @@ class _Events:
         ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
         self.ram_start = [s for s, _ in ranges]
         self.ram_end = [e for _, e in ranges]
+        self.ram_start_a = np.array(self.ram_start, np.int64)
+        self.ram_end_a = np.array(self.ram_end, np.int64)
         self.n_alloc = self.n_free = 0
 
     def line(self, lineno: int, tokens: list[str], text: str) -> None:
@@ -546,17 +552,12 @@ def _merge(fast_cols, fast_line: np.ndarray, py: EventArrays, py_line: list[int]
 
 def parse_native(text: str | bytes, path: str, lenient: bool = False,
                  machine: Machine | None = None) -> Trace:
-    """Parse a native trace. `machine` (--machine) replaces the header's machine.
-
-    Strict mode raises TraceError (file:line: message: text) on the first bad
-    line; lenient mode skips and counts bad lines (meta skipped_lines). A missing
-    or bad version line and a machine that cannot be built are always fatal.
-    Event lines in the canonical forms write_native() and `dmsim gen` write are
-    tokenised and range-checked in bulk (native_scan.py); every other line, and
-    any the bulk checks are unsure of, goes through _Header / _Events one by one.
-    """
+    """Parse a native trace held in memory (read_native())."""
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-    errs = LineErrors(path, lenient)
+    return read_native(line_chunks([data], path), path, lenient, machine)
+
+
+def _version_line(path: str, data: bytes) -> None:
     first_nl = data.find(b"\n")
     line0 = (data if first_nl < 0 else data[:first_nl]).decode("utf-8", "replace")
     first = line0.lstrip("\ufeff").split()
@@ -568,81 +569,137 @@ def parse_native(text: str | bytes, path: str, lenient: bool = False,
         raise TraceError(path, 1, f"native trace version {first[1]}: this dmsim reads version "
                          f"{VERSION}", line0)
 
-    kind, start, a0, a1, a2, mset, mclr, mflags = _ns.scan(data, _SCAN_TABLES)
-    if not _FAST:
-        kind[:] = _ns.N_OTHER
-    nlines = len(kind)
 
-    def line_text(li: int) -> str:
-        return data[start[li]:start[li + 1] - 1].decode("utf-8", "replace")
+def read_native(chunks: Iterable[bytes], path: str, lenient: bool = False,
+                machine: Machine | None = None) -> Trace:
+    """Parse a native trace given as chunks of whole lines (source.line_chunks()).
+    `machine` (--machine) replaces the header's machine.
 
-    header = _Header(path)
-    events: _Events | None = None
-    source = ""
-    py_line: list[int] = []  # line index of each row the Python path appended
+    Strict mode raises TraceError (file:line: message: text) on the first bad
+    line; lenient mode skips and counts bad lines (meta skipped_lines). A missing
+    or bad version line and a machine that cannot be built are always fatal.
+    Event lines in the canonical forms write_native() and `dmsim gen` write are
+    tokenised and range-checked in bulk (native_scan.py), a chunk at a time; every
+    other line, and any the bulk checks are unsure of, goes through _Header /
+    _Events one by one. Memory is the event arrays and a few chunks.
+    """
+    r = _Reader(path, lenient, machine)
+    for data, tokens in scanned(chunks, _scan_bytes):
+        r.chunk(data, tokens)
+    return r.finish()
 
-    def python_line(li: int) -> None:
-        nonlocal events, source
-        line = line_text(li)
+
+def _scan_bytes(data: bytes):
+    return _ns.scan(data, _SCAN_TABLES)
+
+
+class _Reader:
+    """The header, then the events, chunk by chunk."""
+
+    def __init__(self, path: str, lenient: bool, machine: Machine | None):
+        self.path, self.given = path, machine
+        self.errs = LineErrors(path, lenient)
+        self.header = _Header(path)
+        self.events: _Events | None = None
+        self.source = ""
+        self.pieces: list[list[np.ndarray]] = []  # event columns, per chunk
+        self.offset = 0  # lines before the chunk
+        self.fast = {"max_handle": -1, "vmalloc_pages": 0, "allocs": 0, "frees": 0}
+        self.started = False
+
+    def chunk(self, data: bytes, tokens) -> None:
+        if not self.started:
+            _version_line(self.path, data)
+        kind, start, a0, a1, a2, mset, mclr, mflags = tokens
+        if not _FAST:
+            kind[:] = _ns.N_OTHER
+        nlines = len(kind)
+        self.data, self.start, self.py_line = data, start, []
+        li = 0 if self.started else 1
+        self.started = True
+        if self.events is None:
+            while li < nlines:  # the header, up to the first event line
+                first_word = self.line_text(li).split(maxsplit=1)[:1]
+                if first_word and first_word[0] in EVENT_WORDS:
+                    break
+                self.python_line(li)
+                li += 1
+            if li == nlines:
+                self.offset += data.count(b"\n")
+                return  # the header goes on in the next chunk
+            # the first event line closes the header
+            m, self.source = self.header.finish(self.offset + li + 1, self.given)
+            self.events = _Events(m)
+        events = self.events
+
+        # canonical event lines: checked and converted in bulk, in line order
+        other, *fast_cols, fast_line, fast_max_handle, fast_vmalloc_pages = _ns.convert_events(
+            kind, a0, a1, a2, mset, mclr, mflags, li, events.max_pfn, events.highmap_vpfn,
+            HIGHMAP_PAGES, events.ram_start_a, events.ram_end_a, _SCAN_LIMITS, _EV_KIND)
+        for oli in np.nonzero(other)[0].tolist():  # the Python path says what is wrong
+            self.python_line(oli)
+        self.pieces.append(_merge(fast_cols, fast_line, events.b.finish(), self.py_line))
+        events.b = EventBuilder(1024)
+        fast = self.fast
+        fast["max_handle"] = max(fast["max_handle"], int(fast_max_handle))
+        fast["vmalloc_pages"] += int(fast_vmalloc_pages)
+        fast["allocs"] += int(np.count_nonzero(fast_cols[0] == EV_ALLOC))
+        fast["frees"] += int(np.count_nonzero(fast_cols[0] == EV_FREE))
+        self.offset += data.count(b"\n")
+
+    def line_text(self, li: int) -> str:
+        return self.data[self.start[li]:self.start[li + 1] - 1].decode("utf-8", "replace")
+
+    def python_line(self, li: int) -> None:
+        line = self.line_text(li)
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             return
+        lineno = self.offset + li + 1
         try:
-            if events is None:
+            if self.events is None:
                 if tokens[0] in HEADER_WORDS:
-                    header.line(li + 1, tokens, line)
+                    self.header.line(lineno, tokens, line)
                     return
                 if tokens[0] not in EVENT_WORDS:
                     raise _Bad(f"unknown keyword {tokens[0]!r}")
-                m, source = header.finish(li + 1, machine)
-                events = _Events(m)
-            before = events.b.n
-            events.line(li + 1, tokens, line)
-            py_line.extend([li] * (events.b.n - before))
+                m, self.source = self.header.finish(lineno, self.given)
+                self.events = _Events(m)
+            b = self.events.b
+            before = b.n
+            self.events.line(lineno, tokens, line)
+            self.py_line.extend([li] * (b.n - before))
         except _Bad as e:
-            errs.bad(li + 1, str(e), line)
+            self.errs.bad(lineno, str(e), line)
 
-    li = 1
-    while li < nlines:  # the header, up to the first event line
-        first_word = line_text(li).split(maxsplit=1)[:1]
-        if first_word and first_word[0] in EVENT_WORDS:
-            break
-        python_line(li)
-        li += 1
-    body = li
-    if events is None:
-        # the first event line, or the end of the file, closes the header
-        m, source = header.finish(body + 1 if body < nlines else 0, machine)
-        events = _Events(m)
-    m = events.machine
-
-    # canonical event lines: checked and converted in bulk, in line order
-    other, *fast_cols, fast_line, fast_max_handle, fast_vmalloc_pages = _ns.convert_events(
-        kind, a0, a1, a2, mset, mclr, mflags, body, events.max_pfn, events.highmap_vpfn,
-        HIGHMAP_PAGES, np.array(events.ram_start, np.int64), np.array(events.ram_end, np.int64),
-        _SCAN_LIMITS, _EV_KIND)
-    for li in np.nonzero(other)[0].tolist():  # the Python path says what is wrong
-        python_line(li)
-
-    cols = _merge(fast_cols, fast_line, events.b.finish(), py_line)
-    k_fast = fast_cols[0]
-
-    trace = Trace(machine=m, events=EventArrays(*cols), checkpoints=events.checkpoints)
-    trace.meta.update({
-        "format": "native",
-        "native_version": VERSION,
-        "machine_source": source,
-        "page_allocs": events.n_alloc + int(np.count_nonzero(k_fast == EV_ALLOC)),
-        "page_frees": events.n_free + int(np.count_nonzero(k_fast == EV_FREE)),
-        "skipped_lines": errs.skipped,
-        "first_skipped": str(errs.first) if errs.first else None,
-        "handles": max(events.max_handle, int(fast_max_handle)) + 1,
-        "vmalloc_pages": events.vmalloc_pages + int(fast_vmalloc_pages),
-    })
-    if header.overflow is not None:
-        trace.meta["entries"] = header.overflow
-        trace.meta["overflow"] = header.overflow[0] < header.overflow[1]
-    return trace
+    def finish(self) -> Trace:
+        if not self.started:
+            raise TraceError(self.path, 1, "not a native trace: the first line must be "
+                             f"`{MAGIC} {VERSION}`")
+        if self.events is None:  # no event: the end of the file closes the header
+            m, self.source = self.header.finish(0, self.given)
+            self.events = _Events(m)
+        events, fast = self.events, self.fast
+        cols = join_columns(self.pieces, [np.zeros(0, dt) for _, dt in COLUMNS])
+        self.pieces = []
+        trace = Trace(machine=events.machine, events=EventArrays(*cols),
+                      checkpoints=events.checkpoints)
+        trace.meta.update({
+            "format": "native",
+            "native_version": VERSION,
+            "machine_source": self.source,
+            "page_allocs": events.n_alloc + fast["allocs"],
+            "page_frees": events.n_free + fast["frees"],
+            "skipped_lines": self.errs.skipped,
+            "first_skipped": str(self.errs.first) if self.errs.first else None,
+            "handles": max(events.max_handle, fast["max_handle"]) + 1,
+            "vmalloc_pages": events.vmalloc_pages + fast["vmalloc_pages"],
+        })
+        header = self.header
+        if header.overflow is not None:
+            trace.meta["entries"] = header.overflow
+            trace.meta["overflow"] = header.overflow[0] < header.overflow[1]
+        return trace
 
 
 # ---------------------------------------------------------------------------- writing

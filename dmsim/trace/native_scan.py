@@ -247,7 +247,7 @@ def _opt_word(buf, p, e, lit, names, offs, vals, lo, hi):
     return q, np.int64(vals[i, 0])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scan_native(buf, names, offs, vals, c):
     """(kind int8[n], start int64[n+1], a0 uint64[n], a1 int64[n], a2 int64[n], mset, mclr,
     flags int32[n]): per line, its N_* kind (N_OTHER unless the whole line is in
