@@ -4,7 +4,9 @@
 
 Required identical: every counter at every checkpoint and at the end, the direct
 map's leaves, the allocator's free lists (in order), pcp lists, pageblock types and
-statistics. The traces are native text (shown on failure), on small machines so one
+statistics, the pcp batch/high. A third of the examples start with
+CONFIG_DEFERRED_STRUCT_PAGE_INIT's EV_H_DEFER, claims in the deferred range freed
+FREE_DEFERRED_INIT, and EV_H_WMARK_INIT (see traces()). The traces are native text (shown on failure), on small machines so one
 example costs milliseconds; the numba kernels compile once per session (every machine
 gives them arrays of the same types). HYPOTHESIS_PROFILE (tests/conftest.py) bounds
 the number of examples.
