@@ -4,7 +4,9 @@
 
 Required identical: every counter at every checkpoint and at the end, the direct
 map's leaves, the allocator's free lists (in order), pcp lists, pageblock types and
-statistics. The traces are native text (shown on failure), on small machines so one
+statistics, the pcp batch/high. A third of the examples start with
+CONFIG_DEFERRED_STRUCT_PAGE_INIT's EV_H_DEFER, claims in the deferred range freed
+FREE_DEFERRED_INIT, and EV_H_WMARK_INIT (see traces()). The traces are native text (shown on failure), on small machines so one
 example costs milliseconds; the numba kernels compile once per session (every machine
 gives them arrays of the same types). HYPOTHESIS_PROFILE (tests/conftest.py) bounds
 the number of examples.
@@ -16,12 +18,25 @@ import numpy as np
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from dmsim.core.buddy import Z_MANAGED
+from dmsim.core.buddy import (
+    Z_MANAGED,
+    Z_PCP_BATCH,
+    Z_PCP_BATCH_FINAL,
+    Z_PCP_HIGH,
+    Z_PCP_HIGH_FINAL,
+)
+from dmsim.core.zones import first_deferred_pfn, zone_layout
 from dmsim.policy import Policy
 from dmsim.reference.cpa import core_leaves
 from dmsim.reference.placement import ALL_COUNTER_NAMES, counters_from_row, place_reference
 from dmsim.simulate import simulate
-from dmsim.trace.events import EV_H_CLAIM, EV_H_FREE
+from dmsim.trace.events import (
+    EV_H_CLAIM,
+    EV_H_DEFER,
+    EV_H_FREE,
+    EV_H_WMARK_INIT,
+    FREE_DEFERRED_INIT,
+)
 from dmsim.trace.native import parse_native
 
 LOW = "dmsim-trace 1\ne820 0x1000 0x9fc00 usable\n"
@@ -91,12 +106,61 @@ def traces(draw):
     live: dict[int, int] = {}  # handle -> pages (page handles)
     vlive: dict[int, int] = {}  # handle -> pages (vmalloc handles)
     nxt = 1
+    # CONFIG_DEFERRED_STRUCT_PAGE_INIT (see claim_events()): placeholders for EV_H_DEFER
+    # and EV_H_WMARK_INIT, the claims whose free is the pgdatinit kthread's
+    defer: dict | None = None
+    dfree: set[int] = set()
+    wmark: list[int] = []
+
+    def claim(order, pfn, deferred_free):
+        nonlocal nxt
+        lines.append(f"page_free {nxt}")
+        claims[nxt] = (order, pfn)
+        live[nxt] = 1 << order
+        if deferred_free:
+            dfree.add(nxt)
+        nxt += 1
+        if draw(st.booleans()):
+            lines.append(f"page_free {nxt - 1}")
+            del live[nxt - 1]
+
+    if draw(st.integers(0, 2)) == 0:
+        # the memory defer_init() left to the pgdatinit kthread: from the section-aligned
+        # pfn of zones.first_deferred_pfn() (when the top zone is big enough), or from
+        # any pfn, to the end of the top zone, as trace/retarget.py makes it
+        mem = [((s + 4095) >> 12, e >> 12) for s, e in parse_native(
+            MACHINES[m][0], "m").machine.ram_ranges()]
+        end = [z for z in zone_layout(mem) if z.end_pfn > z.start_pfn][-1].end_pfn
+        start = first_deferred_pfn(mem)
+        if start is None or draw(st.booleans()):
+            start = draw(st.integers(0, end - 1))
+            if draw(st.booleans()):
+                start &= ~1023
+        defer = {"handle": nxt, "start": start, "end": end}
+        lines.append(f"page_free {nxt}")
+        nxt += 1
+        # the kthread's frees: claims in the range, freed FREE_DEFERRED_INIT; all of
+        # it in max-order blocks, lowest first, as deferred_init_maxorder() does, or
+        # a few random blocks
+        if draw(st.booleans()):
+            for pfn in range(-(-start // 1024) * 1024, end - 1023, 1024):
+                claim(10, pfn, True)
+        else:
+            for _ in range(draw(st.integers(0, 6))):
+                order = draw(st.sampled_from(ORDERS))
+                pfn = draw(st.integers(start, end - 1)) & ~((1 << order) - 1)
+                claim(order, pfn, draw(st.integers(0, 3)) > 0)
+        if draw(st.booleans()):
+            wmark.append(nxt)
+            lines.append(f"page_free {nxt}")
+            nxt += 1
     if draw(st.booleans()):
         lines.append("system_running")
     for _ in range(draw(st.integers(1, 40))):
         op = draw(st.sampled_from(
             ["alloc"] * 5 + ["free"] * 3 + ["vmalloc", "vfree", "cpa_h", "cpa_h", "cpa_h",
-                                            "raw", "running", "check", "bad", "claim"]))
+                                            "raw", "running", "check", "bad", "claim",
+                                            "wmark"]))
         if op == "alloc":
             order = draw(st.sampled_from(ORDERS))
             mt = draw(st.sampled_from([0, 0, 1, 2]))
@@ -158,33 +222,52 @@ def traces(draw):
             # format has no line for it (retarget.py makes it): a placeholder page_free
             # of a fresh handle becomes the EV_H_CLAIM (claim_events())
             order = draw(st.sampled_from(ORDERS))
-            if draw(st.booleans()):
+            deferred = defer is not None and draw(st.booleans())
+            if deferred:  # in the deferred range, maybe freed by the pgdatinit kthread
+                pfn = draw(st.integers(defer["start"], defer["end"] - 1))
+            elif draw(st.booleans()):
                 _, lo, hi = draw(st.sampled_from(ram))
                 pfn = draw(st.integers(lo, max(lo, hi - 1)))
             else:  # anywhere below max_pfn: holes, the reserved first MiB, the image
                 pfn = draw(st.integers(0, max_pfn - 1))
             pfn &= ~((1 << order) - 1)
+            claim(order, pfn, deferred and draw(st.booleans()))
+        elif op == "wmark" and defer is not None:  # init_per_zone_wmark_min()
+            wmark.append(nxt)
             lines.append(f"page_free {nxt}")
-            claims[nxt] = (order, pfn)
-            live[nxt] = 1 << order
             nxt += 1
-            if draw(st.booleans()):
-                lines.append(f"page_free {nxt - 1}")
-                del live[nxt - 1]
         elif op == "bad":  # events on handles that are not live: counted, not fatal
             lines.append(draw(st.sampled_from([f"page_free {nxt + 7}", f"vfree {nxt + 7}",
                                                f"set_memory ro {nxt + 7}"])))
     lines.append("check DirectMap4k 0")
-    return m, "\n".join(lines) + "\n", claims
+    return m, "\n".join(lines) + "\n", claims, {"defer": defer, "dfree": dfree, "wmark": wmark}
 
 
-def claim_events(t, claims) -> None:
+def claim_events(t, claims, deferred=None) -> None:
     """Each claim's placeholder (the first page_free of its handle) becomes EV_H_CLAIM:
-    arg0 handle, arg1 order, mask_set pfn (dmsim/trace/events.py)."""
+    arg0 handle, arg1 order, mask_set pfn (dmsim/trace/events.py). With `deferred`
+    (traces()'s CONFIG_DEFERRED_STRUCT_PAGE_INIT part): the defer placeholder becomes
+    EV_H_DEFER (arg0 first deferred pfn, arg1 end pfn), the wmark ones EV_H_WMARK_INIT,
+    and the later page_free of a claim in `dfree` gets FREE_DEFERRED_INIT."""
     ev = t.events
+
+    def first_free(h):
+        return int(np.flatnonzero((ev.kind == EV_H_FREE) & (ev.arg0 == h))[0])
+
     for h, (order, pfn) in claims.items():
-        i = int(np.flatnonzero((ev.kind == EV_H_FREE) & (ev.arg0 == h))[0])
+        i = first_free(h)
         ev.kind[i], ev.arg1[i], ev.mask_set[i] = EV_H_CLAIM, order, pfn
+    if not deferred or deferred["defer"] is None:
+        return
+    d = deferred["defer"]
+    i = first_free(d["handle"])
+    ev.kind[i], ev.arg0[i], ev.arg1[i] = EV_H_DEFER, d["start"], d["end"]
+    for h in deferred["wmark"]:
+        ev.kind[first_free(h)] = EV_H_WMARK_INIT
+    for h in deferred["dfree"]:
+        frees = np.flatnonzero((ev.kind == EV_H_FREE) & (ev.arg0 == h))
+        if frees.size:
+            ev.flags[frees[0]] |= FREE_DEFERRED_INIT
 
 
 def diff(a: dict, b: dict) -> str:
@@ -195,11 +278,12 @@ def diff(a: dict, b: dict) -> str:
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=traces(), policy=st.sampled_from(POLICIES))
 def test_core_and_reference_agree_under_every_policy(case, policy):
-    m, body, claims = case
+    m, body, claims, deferred = case
     text = MACHINES[m][0] + body
-    note(f"policy {policy}\n{text}\nclaims (handle: order, pfn): {claims}")
+    note(f"policy {policy}\n{text}\nclaims (handle: order, pfn): {claims}\n"
+         f"deferred struct page init: {deferred}")
     t = parse_native(text, "t")
-    claim_events(t, claims)
+    claim_events(t, claims, deferred)
     ref = place_reference(t, policy)
     ref.dm.check_invariants()
     r = simulate(t, policy=policy)
@@ -225,5 +309,10 @@ def test_core_and_reference_agree_under_every_policy(case, policy):
     core_stats = b.counters()
     ref_stats = ref.buddy.counters()
     assert {k: core_stats[k] for k in ref_stats} == ref_stats, diff(core_stats, ref_stats)
-    # claims of reserved blocks add managed pages
+    # claims of reserved blocks add managed pages; deferred init takes some away
     assert [int(v) for v in b.zone_info[:, Z_MANAGED]] == [z.managed for z in ref.buddy.zones]
+    # pcp sizes: early ones after EV_H_DEFER, the kept final ones until EV_H_WMARK_INIT
+    assert [(int(v[Z_PCP_BATCH]), int(v[Z_PCP_HIGH])) for v in b.zone_info] == \
+        [(z.pcp_batch, z.pcp_high) for z in ref.buddy.zones]
+    assert [(int(v[Z_PCP_BATCH_FINAL]), int(v[Z_PCP_HIGH_FINAL])) for v in b.zone_info] == \
+        [z.pcp_final or (0, 0) for z in ref.buddy.zones]

@@ -72,6 +72,7 @@ class Zone:
         self.pcp_count = 0
         self.pcp_high = 0
         self.pcp_batch = 1
+        self.pcp_final = None  # (batch, high) for init_per_zone_wmark_min() (deferred init)
         self.free_factor = 0
         self.watermark = [0, 0, 0]  # _watermark[WMARK_MIN, WMARK_LOW, WMARK_HIGH]
         self.lowmem_reserve = [0] * MAX_NR_ZONES
@@ -136,6 +137,9 @@ class RefBuddy:
                 self._free_pages_memory(start, end)
         # PageReserved pages that claim() handed to the allocator (free_reserved_area())
         self.unreserved: set[int] = set()
+        # CONFIG_DEFERRED_STRUCT_PAGE_INIT: the [start, end) ranges defer_struct_pages()
+        # took back, whose pages are PageReserved again
+        self.deferred: list[tuple[int, int]] = []
         self.sizing = ZoneSizer(self.zones, nr_cpus)
         self.sizing.boot(pcp_thp, min_free_kbytes, watermark_scale_factor)
         if pcp_batch_high is not None:
@@ -533,7 +537,11 @@ class RefBuddy:
         """PageReserved(): every struct page starts reserved (memmap_init() and
         reserve_bootmem_region(), init_unavailable_range() for holes); only the pages
         memblock_free_all() frees, and those claim() unreserved, are not."""
-        return pfn not in self.unreserved and not any(s <= pfn < e for s, e in self.boot_free)
+        if pfn in self.unreserved:
+            return False
+        if any(s <= pfn < e for s, e in self.deferred):
+            return True  # init_reserved_page(), or struct page not initialised yet
+        return not any(s <= pfn < e for s, e in self.boot_free)
 
     def claim(self, pfn, order):
         """A block a trace frees without having allocated it: allocated before the trace
@@ -576,6 +584,79 @@ class RefBuddy:
         zone.nr_free_pages -= n
         self.allocated[pfn] = order
         return 0
+
+    # ---- CONFIG_DEFERRED_STRUCT_PAGE_INIT ---------------------------------------------
+    def defer_struct_pages(self, start, end):
+        """The allocator as it is when memmap_init() stopped at `start` (defer_init() in
+        memmap_init_range(): zones.first_deferred_pfn()) and the pgdatinit kthread has
+        freed nothing of [start, end) yet. The allocator was built as if
+        memblock_free_all() had freed all of it, so this undoes that here:
+
+        - every free block whose first page is in [start, end) leaves its free list
+          and stops counting in NR_FREE_PAGES and the zone's managed pages
+          (__free_pages_core() had not run for it yet);
+        - every page there is PageReserved (init_reserved_page() for memblock-reserved
+          pages; the rest have no initialised struct page until
+          deferred_init_memmap()), so a claim of it is a reserved block's claim;
+        - pageblocks whose first page is there are MIGRATE_UNMOVABLE: the zeroed
+          pageblock bitmap, since only memmap_init_range() (not run there) and
+          deferred_free_range() set MIGRATE_MOVABLE;
+        - setup_per_cpu_pageset() ran with the deferred pages unmanaged and the
+          watermarks still 0: zone_set_pageset_high_and_batch() gives every populated
+          zone batch = zone_batchsize(managed) and high = zone_highsize() = batch * 4.
+          The sizes the zone had (all memory managed) are what
+          init_per_zone_wmark_min() sets after deferred init: kept in pcp_final
+          until init_per_zone_wmark_min() below. A zone already deferred keeps its
+          first stash."""
+        for pfn in range(start, end):
+            if pfn in self.buddy:
+                order = self.buddy[pfn]
+                zone = self.zone_of(pfn)
+                self._del(zone, pfn, order)
+                zone.nr_free_pages -= 1 << order
+                zone.managed -= 1 << order
+        self.unreserved.difference_update(range(start, end))
+        self.deferred.append((start, end))
+        for pfn in range(start, end):
+            if pfn % PAGEBLOCK_NR_PAGES == 0:
+                self.pageblock[pfn // PAGEBLOCK_NR_PAGES] = UNMOVABLE
+        for zone in self.zones:
+            if zone.present == 0 or zone.pcp_final is not None:
+                continue
+            zone.pcp_final = (zone.pcp_batch, zone.pcp_high)
+            zone.pcp_batch = max(1, zone_batchsize(zone.managed))
+            zone.pcp_high = zone.pcp_batch * 4
+
+    def deferred_free_range(self, pfn, order):
+        """The pgdatinit kthread frees a block it initialised (deferred_free_range()):
+        set_pageblock_migratetype(MIGRATE_MOVABLE) on every pageblock whose first page
+        is in the block, then __free_pages_core(): __free_pages_ok(page, order,
+        FPI_TO_TAIL), so the buddy lists' tails and never a pcp list. The block is a
+        claimed one: claim() already added its managed pages (__free_pages_core()'s
+        atomic_long_add() to managed_pages). 0, or -1 for a bad free (counted)."""
+        if self.allocated.get(pfn) != order:
+            self.stats["bad_free"] += 1
+            return -1
+        del self.allocated[pfn]
+        self.lru.difference_update(range(pfn, pfn + (1 << order)))
+        self.stats["nr_free_calls"] += 1
+        for p in range(pfn, pfn + (1 << order)):
+            if p % PAGEBLOCK_NR_PAGES == 0:
+                self.pageblock[p // PAGEBLOCK_NR_PAGES] = MOVABLE
+        self._free_pages_ok(pfn, order, to_tail=True)
+        return 0
+
+    def init_per_zone_wmark_min(self):
+        """init_per_zone_wmark_min() after deferred init: setup_per_zone_wmarks() ->
+        zone_pcp_update() -> zone_set_pageset_high_and_batch() with all memory
+        managed again: the sizes defer_struct_pages() kept (the allocator's sizes
+        before it, from the whole zone's watermarks). Nothing for a zone never
+        deferred. (The core also hands them to a boot pageset still on, which this
+        model does not have: no EV_H_FILL / EV_H_PCP_SETUP here.)"""
+        for zone in self.zones:
+            if zone.pcp_final is not None:
+                zone.pcp_batch, zone.pcp_high = zone.pcp_final
+                zone.pcp_final = None
 
     def drain(self):
         """drain_all_pages(NULL)."""
@@ -664,10 +745,7 @@ class ZoneSizer:
 
     def _zone_set_pageset_high_and_batch(self, zone):
         """zone_batchsize() and zone_highsize(zone, batch, cpu_online=0)."""
-        batch = min(zone.managed >> 10, (1 << 20) // 4096) // 4
-        batch = max(batch, 1)
-        batch = (1 << ((batch + batch // 2).bit_length() - 1)) - 1  # rounddown_pow_of_two() - 1
-        zone.pcp_batch = max(1, batch)
+        zone.pcp_batch = max(1, zone_batchsize(zone.managed))
         zone.pcp_high = max(zone.watermark[1] // self.nr_cpus, zone.pcp_batch * 4)
 
     def _setup_per_zone_lowmem_reserve(self):
@@ -679,6 +757,14 @@ class ZoneSizer:
             for j in range(i + 1, MAX_NR_ZONES):
                 managed_pages += self.zones[j].managed
                 zone.lowmem_reserve[j] = 0 if clear else managed_pages // ratio[i]
+
+
+def zone_batchsize(managed):
+    """zone_batchsize() (6.1, CONFIG_MMU): ~0.1% of the zone or 1 MiB, whichever is
+    smaller, a quarter of it, then rounddown_pow_of_two(batch + batch / 2) - 1."""
+    batch = min(managed >> 10, (1 << 20) // 4096) // 4
+    batch = max(batch, 1)
+    return (1 << ((batch + batch // 2).bit_length() - 1)) - 1
 
 
 def _zones(mem):

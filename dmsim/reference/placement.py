@@ -20,6 +20,10 @@ Events by handle (dmsim/trace/events.py), as the baseline placement loop does th
 - EV_H_CLAIM: a block allocated before the trace began (pfn in mask_set, order in
   arg1), claimed where it is (RefBuddy.claim()); a block that is neither free nor
   reserved is a handle error;
+- EV_H_DEFER: CONFIG_DEFERRED_STRUCT_PAGE_INIT, [arg0, arg1) not yet given to the
+  allocator (RefBuddy.defer_struct_pages()); EV_H_FREE with FREE_DEFERRED_INIT is the
+  pgdatinit kthread's free of a claimed block there (RefBuddy.deferred_free_range(),
+  no policy hook); EV_H_WMARK_INIT: init_per_zone_wmark_min(), the final pcp sizes;
 - EV_H_CPA: set_memory_*() on the handle's pages: one call on the pfn range of a page
   handle (primary = checkalias, or the recorded primary with CPAF_RAW); for vmalloc
   pages one cpa_process_alias() call per page (numpages 1, NX dropped from both
@@ -66,11 +70,14 @@ from ..trace.events import (
     EV_H_ALLOC,
     EV_H_CLAIM,
     EV_H_CPA,
+    EV_H_DEFER,
     EV_H_FREE,
     EV_H_VFREE,
     EV_H_VMALLOC,
+    EV_H_WMARK_INIT,
     EV_KERNEL_RO,
     EV_SYSTEM_RUNNING,
+    FREE_DEFERRED_INIT,
     UNMAPPED_SHIFT,
     VFREE_RESET_PERMS,
     Trace,
@@ -334,7 +341,13 @@ class ReferencePlacement:
             if entry is None or entry[0] != "pages":
                 self.extra["NR_HANDLE_ERRORS"] += 1
                 return
-            self.free_pages(entry[1], entry[2])
+            if flags & FREE_DEFERRED_INIT:
+                # the pgdatinit kthread's free (deferred_free_range() ->
+                # __free_pages_core()): no caller's hook, a block never mapped otherwise
+                self.buddy.deferred_free_range(entry[1], entry[2])
+                self._collapse_free_pageblocks()
+            else:
+                self.free_pages(entry[1], entry[2])
             del self.handles[h]
         elif kind == EV_H_VMALLOC:
             group = (flags >> UNMAPPED_SHIFT) & 0xF
@@ -372,6 +385,13 @@ class ReferencePlacement:
                 self.handles[h] = ("pages", pfn, arg1)
             else:
                 self.extra["NR_HANDLE_ERRORS"] += 1
+        elif kind == EV_H_DEFER:
+            # CONFIG_DEFERRED_STRUCT_PAGE_INIT: [arg0, arg1) joins the allocator only
+            # through the pgdatinit kthread's frees (RefBuddy.defer_struct_pages())
+            self.buddy.defer_struct_pages(arg0, arg1)
+        elif kind == EV_H_WMARK_INIT:
+            # init_per_zone_wmark_min() after deferred init: the final pcp sizes
+            self.buddy.init_per_zone_wmark_min()
         elif kind in (EV_ALLOC, EV_FREE):
             pass  # recorded placement events: the placement loop has no use for them
 
