@@ -839,13 +839,22 @@ def free_unref_page(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_e
                            zone_info, stats, cfg, zone, n, pindex)
 
 
+@njit(cache=True, inline="always")
+def bad_free(order_, flags, stats, pfn, order):
+    """A free of a pfn that is not the head of an allocated block of that order:
+    counted (S_BAD_FREE) and ignored by the caller."""
+    if (pfn < 0 or pfn >= flags.shape[0] or not (flags[pfn] & PG_HEAD)
+            or (order_[pfn] & 15) != order):
+        stats[S_BAD_FREE] += 1
+        return True
+    return False
+
+
 @njit(cache=True)
 def free_pages(nxt, prv, order_, flags, pb_mt, free_ends, free_count, pcp_ends, zone_info,
                stats, cfg, pfn, order):
     """__free_pages() -> free_the_page(); returns 0, or -1 for a bad free (counted, ignored)."""
-    if (pfn < 0 or pfn >= flags.shape[0] or not (flags[pfn] & PG_HEAD)
-            or (order_[pfn] & 15) != order):
-        stats[S_BAD_FREE] += 1
+    if bad_free(order_, flags, stats, pfn, order):
         return -1
     zone = page_zonenum(zone_info, pfn)
     flags[pfn] &= ~PG_HEAD
@@ -1000,9 +1009,7 @@ def deferred_free_range(nxt, prv, order_, flags, pb_mt, free_ends, free_count, z
     __free_pages_core(): straight to the buddy lists' tails (FPI_TO_TAIL), no pcp.
     The block is a claimed one (claim_block() gave it its managed pages). 0, or -1
     for a bad free (counted, ignored)."""
-    if (pfn < 0 or pfn >= flags.shape[0] or not (flags[pfn] & PG_HEAD)
-            or (order_[pfn] & 15) != order):
-        stats[S_BAD_FREE] += 1
+    if bad_free(order_, flags, stats, pfn, order):
         return -1
     zone = page_zonenum(zone_info, pfn)
     flags[pfn] &= ~PG_HEAD

@@ -503,14 +503,20 @@ class RefBuddy:
                 if not (count > 0 and lst):
                     break
 
-    def free(self, pfn, order):
-        """__free_pages() -> free_the_page(); 0 or -1 (bad free, counted)."""
+    def _release(self, pfn, order) -> bool:
+        """The block stops being allocated; False (counted) for a bad free."""
         if self.allocated.get(pfn) != order:
             self.stats["bad_free"] += 1
-            return -1
+            return False
         del self.allocated[pfn]
         self.lru.difference_update(range(pfn, pfn + (1 << order)))
         self.stats["nr_free_calls"] += 1
+        return True
+
+    def free(self, pfn, order):
+        """__free_pages() -> free_the_page(); 0 or -1 (bad free, counted)."""
+        if not self._release(pfn, order):
+            return -1
         zone = self.zone_of(pfn)
         if not (self.pcp_on and self._pcp_ok(order)):
             self._free_pages_ok(pfn, order)
@@ -634,12 +640,8 @@ class RefBuddy:
         FPI_TO_TAIL), so the buddy lists' tails and never a pcp list. The block is a
         claimed one: claim() already added its managed pages (__free_pages_core()'s
         atomic_long_add() to managed_pages). 0, or -1 for a bad free (counted)."""
-        if self.allocated.get(pfn) != order:
-            self.stats["bad_free"] += 1
+        if not self._release(pfn, order):
             return -1
-        del self.allocated[pfn]
-        self.lru.difference_update(range(pfn, pfn + (1 << order)))
-        self.stats["nr_free_calls"] += 1
         for p in range(pfn, pfn + (1 << order)):
             if p % PAGEBLOCK_NR_PAGES == 0:
                 self.pageblock[p // PAGEBLOCK_NR_PAGES] = MOVABLE

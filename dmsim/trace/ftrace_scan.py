@@ -292,13 +292,8 @@ def _kmem_fast(buf, p, n, nk, batched, keys, out, row):
             out[row, 3] = _gfp_zone(buf, v0, q) if dma or (q - v0 > 2 and buf[v0 + 1] == 120) else np.uint64(2)
         else:
             q = -1
-    if q < 0:
-        return -1
-    while q < n and _blank(buf[q]):
-        q += 1
-    if q < n and buf[q] != 10:
-        return -1
-    if nk == SCAN_FREE:
+    q = _rest_blank(buf, q, n)
+    if q >= 0 and nk == SCAN_FREE:
         out[row, 3] = batched
     return q
 
@@ -338,7 +333,12 @@ def _cpa_fast(buf, p, n, keys, out, row):
         return -1
     while p < n and buf[p] != 32 and buf[p] != 10:
         p += 1
-    q = _ordered(buf, p, n, keys, keys.shape[0], out, row)
+    return _rest_blank(buf, _ordered(buf, p, n, keys, keys.shape[0], out, row), n)
+
+
+@njit(cache=True, inline="always")
+def _rest_blank(buf, q, n):
+    """The position of the line's end when only blanks follow q, else -1 (and for q -1)."""
     if q < 0:
         return -1
     while q < n and _blank(buf[q]):
