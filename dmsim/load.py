@@ -37,7 +37,7 @@ def check_machine_covers(trace: Trace, path: str, line_text=None) -> None:
     the first such event's line (line_text(line) gives its text, when known)."""
     m = trace.machine
     ev = trace.events
-    ram = [((s + 4095) >> 12, e >> 12) for s, e in m.ram_ranges()]
+    ram = m.ram_pfn_ranges()
     start = np.array([s for s, _ in ram], np.int64)
     end = np.array([e for _, e in ram], np.int64)
     shown = f"{m.name or 'the machine'}: RAM {_ranges_text(ram)}"

@@ -53,6 +53,11 @@ class Machine:
         return merge_ranges((s, e) for s, e, t in self.e820
                             if t in (E820_TYPE_RAM, E820_TYPE_RESERVED_KERN))
 
+    def ram_pfn_ranges(self) -> list[tuple[int, int]]:
+        """memblock.memory in pfns, [start, end): pages rounded inwards, as
+        for_each_mem_pfn_range() gives them (PFN_UP(start), PFN_DOWN(end))."""
+        return [((s + 4095) >> 12, e >> 12) for s, e in self.ram_ranges()]
+
     def nr_direct_puds(self) -> int:
         """GiB slots of the simulated direct map (up to max_pfn, at least one)."""
         from .core.constants import PUD_PAGES
@@ -70,7 +75,7 @@ class Machine:
         return max((e >> 12 for s, e in self.ram_ranges()), default=0)
 
     def total_ram_pages(self) -> int:
-        return sum((e >> 12) - ((s + 4095) >> 12) for s, e in self.ram_ranges())
+        return sum(e - s for s, e in self.ram_pfn_ranges())
 
     def validate(self) -> None:
         if not self.ram_ranges():

@@ -52,6 +52,7 @@ import numpy as np
 from numba import njit
 
 from .zones import MAX_NR_ZONES, ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, boot_sizing, zone_layout
+from .zones import zone_batchsize as _zone_batchsize
 
 # include/linux/mmzone.h (6.1)
 MAX_ORDER = 11  # orders 0..MAX_ORDER-1
@@ -970,18 +971,7 @@ def defer_struct_pages(nxt, prv, order_, flags, pb_mt, free_ends, free_count, zo
         zone_info[z, Z_PCP_HIGH] = batch << 2
 
 
-@njit(cache=True)
-def zone_batchsize(managed):
-    """zone_batchsize() (6.1; zones.zone_batchsize() in Python): ~0.1% of the zone or
-    1 MiB, a quarter of it, clamped to 2^n - 1."""
-    batch = min(managed >> 10, (1 << 20) // 4096) // 4
-    if batch < 1:
-        batch = 1
-    batch = batch + batch // 2
-    p = 1
-    while p * 2 <= batch:
-        p *= 2
-    return p - 1
+zone_batchsize = njit(cache=True)(_zone_batchsize)  # zones.zone_batchsize(), compiled
 
 
 @njit(cache=True)
@@ -1308,7 +1298,7 @@ def buddy_from_machine(machine, *, reserve_first_mib: bool = True, **kw) -> Budd
     """``buddy_init`` for a dmsim Machine: memblock.memory from its RAM ranges (pages rounded
     inwards), memblock.reserved from its ``reserved`` list and, as x86 does since 5.13
     (``early_reserve_memory``: "Always reserve the first 1M of RAM"), the first MiB."""
-    mem = [((s + 4095) >> 12, e >> 12) for s, e in machine.ram_ranges()]
+    mem = machine.ram_pfn_ranges()
     reserved = [(s >> 12, (e + 4095) >> 12) for s, e in getattr(machine, "reserved", [])]
     if reserve_first_mib:
         reserved.append((0, 256))

@@ -105,17 +105,18 @@ def first_deferred_pfn(memory_pfn_ranges: list[tuple[int, int]]) -> int | None:
     return None
 
 
-def rounddown_pow_of_two(n: int) -> int:
-    return 1 << (n.bit_length() - 1)
-
-
 def zone_batchsize(managed_pages: int) -> int:
-    """``zone_batchsize`` (mm/page_alloc.c, 6.1); the caller applies max(1, ...)."""
-    batch = min(managed_pages >> 10, (1 << 20) // 4096)
-    batch //= 4
+    """``zone_batchsize`` (mm/page_alloc.c, 6.1): ~0.1% of the zone or 1 MiB, a quarter
+    of it, clamped to 2^n - 1; the caller applies max(1, ...). Plain integer code, so
+    the core compiles this same function (core/buddy.py)."""
+    batch = min(managed_pages >> 10, (1 << 20) // 4096) // 4
     if batch < 1:
         batch = 1
-    return rounddown_pow_of_two(batch + batch // 2) - 1
+    batch = batch + batch // 2
+    p = 1  # rounddown_pow_of_two()
+    while p * 2 <= batch:
+        p *= 2
+    return p - 1
 
 
 LOWMEM_RESERVE_RATIO = (256, 256, 32)  # sysctl_lowmem_reserve_ratio[] (DMA, DMA32, Normal)

@@ -351,7 +351,7 @@ class _Reader:
         if m is not None:
             self.highmap_vpfn = m.highmap_vpfn()
             self.max_pfn = m.max_pfn()
-            ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in m.ram_ranges()]
+            ranges = m.ram_pfn_ranges()
             self.ram_start = np.array([s for s, _ in ranges], np.uint64)
             self.ram_end = np.array([e for _, e in ranges] or [0], np.uint64)
             self.last_kmem = np.zeros(self.max_pfn + 1, np.int8)

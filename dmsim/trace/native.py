@@ -278,7 +278,7 @@ class _Events:
         self.vmalloc_pages = 0  # simulated placement: the vmalloc pool's size
         self.max_pfn = machine.max_pfn()
         self.highmap_vpfn = machine.highmap_vpfn()
-        ranges = [((s + 4095) >> PAGE_SHIFT, e >> PAGE_SHIFT) for s, e in machine.ram_ranges()]
+        ranges = machine.ram_pfn_ranges()
         self.ram_start = [s for s, _ in ranges]
         self.ram_end = [e for _, e in ranges]
         self.ram_start_a = np.array(self.ram_start, np.int64)

@@ -269,7 +269,7 @@ def deferred_range(trace: Trace) -> tuple[int, int] | None:
     by_pgdatinit = (ev.kind == EV_FREE) & ((ev.flags & FREE_DEFERRED_INIT) != 0)
     if not by_pgdatinit.any():
         return None
-    mem = [((s + 4095) >> 12, e >> 12) for s, e in trace.machine.ram_ranges()]
+    mem = trace.machine.ram_pfn_ranges()
     start = first_deferred_pfn(mem)
     if start is None or int(ev.arg0[by_pgdatinit].min()) < start:
         return None
